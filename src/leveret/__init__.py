@@ -1,0 +1,46 @@
+"""leveret: Master/Worker and RPC over RabbitMQ for asyncio.
+
+The patterns live in :mod:`leveret.patterns`; the AMQP client they run on in
+:mod:`leveret.amqp`; every exception in :mod:`leveret.exceptions`.
+"""
+
+from .amqp import (
+    Channel,
+    Connection,
+    Delivery,
+    Properties,
+    RobustConnection,
+    connect,
+    connect_robust,
+)
+from .exceptions import (
+    AMQPConnectionError,
+    AMQPError,
+    BrokerError,
+    ConfigurationError,
+    ConnectError,
+    LeveretError,
+    MessageReturnedError,
+    PublishError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AMQPConnectionError",
+    "AMQPError",
+    "BrokerError",
+    "Channel",
+    "ConfigurationError",
+    "ConnectError",
+    "Connection",
+    "Delivery",
+    "LeveretError",
+    "MessageReturnedError",
+    "Properties",
+    "PublishError",
+    "RobustConnection",
+    "__version__",
+    "connect",
+    "connect_robust",
+]

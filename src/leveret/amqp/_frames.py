@@ -1,0 +1,369 @@
+"""The per-message frames, packed and parsed by hand: publish, deliver, ack, nack,
+reject, and basic content properties.
+
+Everything else goes through the generic codec in :mod:`._codec`; this module
+exists because these frames are built or read once per message, where a
+generic codec's loops and dicts would cost more than the broker's own work.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from typing import Any
+
+from ._codec import (
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_HEADER,
+    FRAME_HEADER_STRUCT,
+    FieldTable,
+    decode_table,
+    encode_shortstr,
+    encode_table,
+)
+
+_u16 = struct.Struct(">H")
+_u64 = struct.Struct(">Q")
+_content_header = struct.Struct(">BHIHHQ")
+_body_frame_header = FRAME_HEADER_STRUCT
+_method_with_tag = struct.Struct(">BHIIQBB")
+_tag_and_bits = struct.Struct(">QB")
+
+# Method ids as one 32-bit number: class_id << 16 | method_id.
+BASIC_DELIVER = (60 << 16) | 60
+BASIC_ACK = (60 << 16) | 80
+BASIC_NACK = (60 << 16) | 120
+BASIC_RETURN = (60 << 16) | 50
+BASIC_GET_OK = (60 << 16) | 71
+_PUBLISH_PREFIX = b"\x00\x3c\x00\x28\x00\x00"  # basic.publish, reserved short
+
+_CONTENT_TYPE = 0x8000
+_CONTENT_ENCODING = 0x4000
+_HEADERS = 0x2000
+_DELIVERY_MODE = 0x1000
+_PRIORITY = 0x0800
+_CORRELATION_ID = 0x0400
+_REPLY_TO = 0x0200
+_EXPIRATION = 0x0100
+_MESSAGE_ID = 0x0080
+_TIMESTAMP = 0x0040
+_TYPE = 0x0020
+_USER_ID = 0x0010
+_APP_ID = 0x0008
+_CLUSTER_ID = 0x0004
+
+_PROPERTY_NAMES = (
+    "content_type",
+    "content_encoding",
+    "headers",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
+)
+
+
+class Properties:
+    """The basic-class content properties of a message.
+
+    Every attribute is ``None`` when the message does not carry it.
+    ``expiration`` is the per-message TTL in milliseconds, as AMQP carries it
+    (a string; an ``int`` is accepted when publishing). ``timestamp`` is whole
+    seconds since the epoch.
+    """
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    headers: dict[str, Any] | None = None
+    delivery_mode: int | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration: str | None = None
+    message_id: str | None = None
+    timestamp: int | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+    cluster_id: str | None = None
+
+    def __init__(
+        self,
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        headers: FieldTable | None = None,
+        delivery_mode: int | None = None,
+        priority: int | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        expiration: str | int | None = None,
+        message_id: str | None = None,
+        timestamp: int | float | datetime.datetime | None = None,
+        type: str | None = None,
+        user_id: str | None = None,
+        app_id: str | None = None,
+    ) -> None:
+        values = locals()
+        for name in _PROPERTY_NAMES[:-1]:
+            value = values[name]
+            if value is not None:
+                setattr(self, name, value)
+        if headers is not None:
+            self.headers = dict(headers)
+        if expiration is not None:
+            self.expiration = str(expiration)
+        if timestamp is not None:
+            self.timestamp = _seconds(timestamp)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The properties that are set, by name."""
+        return {name: getattr(self, name) for name in _PROPERTY_NAMES if name in self.__dict__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Properties) and self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"Properties({fields})"
+
+    def encode(self) -> bytes:
+        """The property flags and list, as they follow the content header."""
+        return encode_properties(
+            self.content_type,
+            self.content_encoding,
+            self.headers,
+            self.delivery_mode,
+            self.priority,
+            self.correlation_id,
+            self.reply_to,
+            self.expiration,
+            self.message_id,
+            self.timestamp,
+            self.type,
+            self.user_id,
+            self.app_id,
+            self.cluster_id,
+        )
+
+
+def _seconds(value: int | float | datetime.datetime) -> int:
+    if isinstance(value, datetime.datetime):
+        return int(value.timestamp())
+    return int(value)
+
+
+def encode_properties(
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    headers: FieldTable | None = None,
+    delivery_mode: int | None = None,
+    priority: int | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    expiration: str | int | None = None,
+    message_id: str | None = None,
+    timestamp: int | float | datetime.datetime | None = None,
+    type: str | None = None,
+    user_id: str | None = None,
+    app_id: str | None = None,
+    cluster_id: str | None = None,
+) -> bytes:
+    """Pack property flags and values.
+
+    Raises:
+        ConfigurationError: a string is longer than 255 bytes or a header
+            value has no AMQP type (the message names the property).
+    """
+    flags = 0
+    parts = [b""]
+    if content_type is not None:
+        flags |= _CONTENT_TYPE
+        parts.append(encode_shortstr(content_type, "content_type"))
+    if content_encoding is not None:
+        flags |= _CONTENT_ENCODING
+        parts.append(encode_shortstr(content_encoding, "content_encoding"))
+    if headers is not None:
+        flags |= _HEADERS
+        parts.append(encode_table(headers))
+    if delivery_mode is not None:
+        flags |= _DELIVERY_MODE
+        parts.append(bytes((delivery_mode,)))
+    if priority is not None:
+        flags |= _PRIORITY
+        parts.append(bytes((priority,)))
+    if correlation_id is not None:
+        flags |= _CORRELATION_ID
+        parts.append(encode_shortstr(correlation_id, "correlation_id"))
+    if reply_to is not None:
+        flags |= _REPLY_TO
+        parts.append(encode_shortstr(reply_to, "reply_to"))
+    if expiration is not None:
+        flags |= _EXPIRATION
+        parts.append(encode_shortstr(str(expiration), "expiration"))
+    if message_id is not None:
+        flags |= _MESSAGE_ID
+        parts.append(encode_shortstr(message_id, "message_id"))
+    if timestamp is not None:
+        flags |= _TIMESTAMP
+        parts.append(_u64.pack(_seconds(timestamp)))
+    if type is not None:
+        flags |= _TYPE
+        parts.append(encode_shortstr(type, "type"))
+    if user_id is not None:
+        flags |= _USER_ID
+        parts.append(encode_shortstr(user_id, "user_id"))
+    if app_id is not None:
+        flags |= _APP_ID
+        parts.append(encode_shortstr(app_id, "app_id"))
+    if cluster_id is not None:
+        flags |= _CLUSTER_ID
+        parts.append(encode_shortstr(cluster_id, "cluster_id"))
+    parts[0] = _u16.pack(flags)
+    return b"".join(parts)
+
+
+def decode_properties(buf: bytes, offset: int) -> Properties:
+    """Read property flags and values starting at ``offset``.
+
+    Raises:
+        ProtocolError: the header table is malformed.
+        IndexError, struct.error: the frame is truncated (the caller maps these).
+    """
+    props = Properties.__new__(Properties)
+    (flags,) = _u16.unpack_from(buf, offset)
+    offset += 2
+    if flags & _CONTENT_TYPE:
+        end = offset + 1 + buf[offset]
+        props.content_type = buf[offset + 1 : end].decode("utf-8", "replace")
+        offset = end
+    if flags & _CONTENT_ENCODING:
+        end = offset + 1 + buf[offset]
+        props.content_encoding = buf[offset + 1 : end].decode("utf-8", "replace")
+        offset = end
+    if flags & _HEADERS:
+        props.headers, offset = decode_table(buf, offset)
+    if flags & _DELIVERY_MODE:
+        props.delivery_mode = buf[offset]
+        offset += 1
+    if flags & _PRIORITY:
+        props.priority = buf[offset]
+        offset += 1
+    if flags & _CORRELATION_ID:
+        end = offset + 1 + buf[offset]
+        props.correlation_id = buf[offset + 1 : end].decode("utf-8", "replace")
+        offset = end
+    if flags & _REPLY_TO:
+        end = offset + 1 + buf[offset]
+        props.reply_to = buf[offset + 1 : end].decode("utf-8", "replace")
+        offset = end
+    if flags & _EXPIRATION:
+        end = offset + 1 + buf[offset]
+        props.expiration = buf[offset + 1 : end].decode("utf-8", "replace")
+        offset = end
+    if flags & _MESSAGE_ID:
+        end = offset + 1 + buf[offset]
+        props.message_id = buf[offset + 1 : end].decode("utf-8", "replace")
+        offset = end
+    if flags & _TIMESTAMP:
+        (props.timestamp,) = _u64.unpack_from(buf, offset)
+        offset += 8
+    if flags & 0x003C:
+        _decode_rare_properties(props, flags, buf, offset)
+    return props
+
+
+def _decode_rare_properties(props: Properties, flags: int, buf: bytes, offset: int) -> None:
+    for flag, name in (
+        (_TYPE, "type"),
+        (_USER_ID, "user_id"),
+        (_APP_ID, "app_id"),
+        (_CLUSTER_ID, "cluster_id"),
+    ):
+        if flags & flag:
+            end = offset + 1 + buf[offset]
+            setattr(props, name, buf[offset + 1 : end].decode("utf-8", "replace"))
+            offset = end
+
+
+def publish_method_frame(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The ``basic.publish`` method frame (cacheable per destination)."""
+    payload = (
+        _PUBLISH_PREFIX
+        + encode_shortstr(exchange, "exchange name")
+        + encode_shortstr(routing_key, "routing key")
+        + (b"\x01" if mandatory else b"\x00")
+    )
+    return _body_frame_header.pack(1, channel, len(payload)) + payload + FRAME_END
+
+
+def content_frames(channel: int, properties: bytes, body: bytes, frame_max: int) -> bytes:
+    """The content header frame and the body frames, split to fit ``frame_max``."""
+    header = (
+        _content_header.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, len(body))
+        + properties
+        + FRAME_END
+    )
+    chunk = frame_max - 8
+    if len(body) <= chunk:
+        if not body:
+            return header
+        return b"".join(
+            (header, _body_frame_header.pack(FRAME_BODY, channel, len(body)), body, FRAME_END)
+        )
+    parts = [header]
+    view = memoryview(body)
+    for start in range(0, len(body), chunk):
+        piece = view[start : start + chunk]
+        parts.append(_body_frame_header.pack(FRAME_BODY, channel, len(piece)))
+        parts.append(piece)  # type: ignore[arg-type]
+        parts.append(FRAME_END)
+    return b"".join(parts)
+
+
+def ack_frame(channel: int, delivery_tag: int, multiple: bool) -> bytes:
+    return _method_with_tag.pack(1, channel, 13, BASIC_ACK, delivery_tag, multiple, 0xCE)
+
+
+def nack_frame(channel: int, delivery_tag: int, multiple: bool, requeue: bool) -> bytes:
+    bits = (1 if multiple else 0) | (2 if requeue else 0)
+    return _method_with_tag.pack(1, channel, 13, BASIC_NACK, delivery_tag, bits, 0xCE)
+
+
+def reject_frame(channel: int, delivery_tag: int, requeue: bool) -> bytes:
+    return _method_with_tag.pack(1, channel, 13, (60 << 16) | 90, delivery_tag, requeue, 0xCE)
+
+
+def decode_tag_and_bits(buf: bytes, offset: int) -> tuple[int, int]:
+    """``delivery_tag`` and the bit octet of basic.ack/nack (offset after the method id)."""
+    result: tuple[int, int] = _tag_and_bits.unpack_from(buf, offset)
+    return result
+
+
+def decode_deliver(buf: bytes, offset: int) -> tuple[str, int, bool, str, str]:
+    """consumer tag, delivery tag, redelivered, exchange, routing key of basic.deliver."""
+    end = offset + 1 + buf[offset]
+    consumer_tag = buf[offset + 1 : end].decode()
+    delivery_tag, redelivered = _tag_and_bits.unpack_from(buf, end)
+    offset = end + 9
+    end = offset + 1 + buf[offset]
+    exchange = buf[offset + 1 : end].decode()
+    offset = end + 1 + buf[end]
+    routing_key = buf[end + 1 : offset].decode("utf-8", "replace")
+    return consumer_tag, delivery_tag, bool(redelivered), exchange, routing_key
+
+
+def decode_content_header(buf: bytes, offset: int) -> tuple[int, Properties]:
+    """Body size and properties from a content header payload."""
+    (body_size,) = _u64.unpack_from(buf, offset + 4)
+    return body_size, decode_properties(buf, offset + 12)

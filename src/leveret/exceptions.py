@@ -1,0 +1,298 @@
+"""Every error leveret raises, in one rooted tree.
+
+::
+
+    LeveretError
+    ├── ConfigurationError            a bad URL or option; nothing was sent
+    ├── AMQPError                     the wire or the broker said no
+    │   ├── AMQPConnectionError       the connection is unusable
+    │   │   ├── ConnectError          could not reach or log in to the broker
+    │   │   │   └── AuthenticationError
+    │   │   ├── ConnectionLostError   the socket died under us
+    │   │   │   └── HeartbeatTimeoutError
+    │   │   └── ConnectionClosedError the connection was closed by its owner
+    │   ├── ChannelClosedError        the channel was closed (the cause is chained)
+    │   ├── BrokerError               the broker closed a channel or the connection
+    │   │   ├── NotFoundError (404), PreconditionFailedError (406),
+    │   │   │   AccessRefusedError (403), ResourceLockedError (405), ...
+    │   │   └── ConnectionForcedError (320, also an AMQPConnectionError)
+    │   ├── PublishError              a publish the broker did not take
+    │   │   ├── PublishNackedError
+    │   │   ├── MessageReturnedError  unroutable mandatory message (attached)
+    │   │   └── PublishNotConfirmedError
+    │   ├── ConsumerCancelledError    the broker cancelled a consumer
+    │   ├── DeliveryError             ack/nack/reject that cannot be sent
+    │   └── ProtocolError             the peer broke AMQP 0-9-1 framing
+    └── PatternError                  Master/Worker and RPC (see leveret.patterns)
+        ├── SerializationError
+        ├── TaskError
+        └── RemoteError               an exception raised by an RPC callee
+
+Broker errors come from a single table of reply codes (:data:`REPLY_CODES`);
+each carries the broker's ``reply_code`` and ``reply_text``, whether it
+closed a ``"channel"`` or the ``"connection"``, and the method that failed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .amqp._message import ReturnedMessage
+
+
+class LeveretError(Exception):
+    """Root of every exception leveret raises."""
+
+
+class ConfigurationError(LeveretError, ValueError):
+    """A URL, option or argument is invalid; nothing was sent."""
+
+
+class AMQPError(LeveretError):
+    """Something went wrong on the AMQP connection or was refused by the broker."""
+
+
+class AMQPConnectionError(AMQPError):
+    """The connection is not usable."""
+
+
+class ConnectError(AMQPConnectionError):
+    """The broker could not be reached, or the AMQP handshake failed."""
+
+
+class AuthenticationError(ConnectError):
+    """The broker refused the credentials or the SASL mechanism."""
+
+
+class ConnectionLostError(AMQPConnectionError):
+    """The socket closed or failed without an AMQP close from the broker."""
+
+
+class HeartbeatTimeoutError(ConnectionLostError):
+    """Nothing arrived from the broker for two heartbeat intervals."""
+
+
+class ConnectionClosedError(AMQPConnectionError):
+    """The connection was closed by its owner and cannot be used any more."""
+
+
+class ChannelClosedError(AMQPError):
+    """The channel is closed; the reason, if any, is chained as ``__cause__``."""
+
+
+class ProtocolError(AMQPError):
+    """The peer sent bytes that are not valid AMQP 0-9-1."""
+
+
+class BrokerError(AMQPError):
+    """The broker closed a channel or the connection with a reply code.
+
+    Attributes:
+        reply_code: the AMQP reply code (e.g. 404).
+        reply_text: the broker's explanation, verbatim.
+        scope: ``"channel"`` or ``"connection"``: what the broker closed.
+        method: the AMQP method that caused it (``"queue.declare"``), or ``None``.
+    """
+
+    reply_code: int = 0
+
+    def __init__(
+        self,
+        reply_code: int,
+        reply_text: str,
+        *,
+        scope: str = "channel",
+        method: str | None = None,
+    ) -> None:
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+        self.scope = scope
+        self.method = method
+        what = f"{method}: " if method else ""
+        super().__init__(f"{what}{reply_code} {reply_text} (the broker closed the {scope})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_broker_error,
+            (type(self), self.reply_code, self.reply_text, self.scope, self.method),
+        )
+
+
+def _rebuild_broker_error(
+    cls: type[BrokerError], code: int, text: str, scope: str, method: str | None
+) -> BrokerError:
+    return cls(code, text, scope=scope, method=method)
+
+
+class ContentTooLargeError(BrokerError):
+    reply_code = 311
+
+
+class NoRouteError(BrokerError):
+    reply_code = 312
+
+
+class NoConsumersError(BrokerError):
+    reply_code = 313
+
+
+class ConnectionForcedError(BrokerError, AMQPConnectionError):
+    """An operator or the broker's shutdown closed the connection (320)."""
+
+    reply_code = 320
+
+
+class InvalidPathError(BrokerError):
+    reply_code = 402
+
+
+class AccessRefusedError(BrokerError):
+    reply_code = 403
+
+
+class NotFoundError(BrokerError):
+    reply_code = 404
+
+
+class ResourceLockedError(BrokerError):
+    reply_code = 405
+
+
+class PreconditionFailedError(BrokerError):
+    reply_code = 406
+
+
+class FrameError(BrokerError):
+    reply_code = 501
+
+
+class CommandSyntaxError(BrokerError):
+    reply_code = 502
+
+
+class CommandInvalidError(BrokerError):
+    reply_code = 503
+
+
+class ChannelError(BrokerError):
+    reply_code = 504
+
+
+class UnexpectedFrameError(BrokerError):
+    reply_code = 505
+
+
+class ResourceError(BrokerError):
+    reply_code = 506
+
+
+class NotAllowedError(BrokerError):
+    reply_code = 530
+
+
+class NotImplementedByBrokerError(BrokerError):
+    reply_code = 540
+
+
+class InternalBrokerError(BrokerError):
+    reply_code = 541
+
+
+REPLY_CODES: dict[int, type[BrokerError]] = {
+    cls.reply_code: cls
+    for cls in (
+        ContentTooLargeError,
+        NoRouteError,
+        NoConsumersError,
+        ConnectionForcedError,
+        InvalidPathError,
+        AccessRefusedError,
+        NotFoundError,
+        ResourceLockedError,
+        PreconditionFailedError,
+        FrameError,
+        CommandSyntaxError,
+        CommandInvalidError,
+        ChannelError,
+        UnexpectedFrameError,
+        ResourceError,
+        NotAllowedError,
+        NotImplementedByBrokerError,
+        InternalBrokerError,
+    )
+}
+
+
+def broker_error(
+    reply_code: int, reply_text: str, *, scope: str, method: str | None = None
+) -> BrokerError:
+    """Build the most specific :class:`BrokerError` for a reply code."""
+    cls = REPLY_CODES.get(reply_code, BrokerError)
+    return cls(reply_code, reply_text, scope=scope, method=method)
+
+
+class PublishError(AMQPError):
+    """The broker did not take a published message."""
+
+
+class PublishNackedError(PublishError):
+    """The broker answered the publish with ``basic.nack`` (e.g. queue overflow)."""
+
+
+class MessageReturnedError(PublishError):
+    """A mandatory message could not be routed to any queue.
+
+    Attributes:
+        message: the :class:`~leveret.amqp.ReturnedMessage` the broker sent back.
+    """
+
+    def __init__(self, message: ReturnedMessage) -> None:
+        self.message = message
+        super().__init__(
+            f"message to exchange {message.exchange!r} with routing key "
+            f"{message.routing_key!r} was returned: {message.reply_code} {message.reply_text}"
+        )
+
+
+class PublishNotConfirmedError(PublishError):
+    """The channel or connection closed before the broker confirmed the publish.
+
+    The broker may or may not have routed the message.
+    """
+
+
+class ConsumerCancelledError(AMQPError):
+    """The broker cancelled the consumer (for example, its queue was deleted)."""
+
+
+class DeliveryError(AMQPError):
+    """An ack, nack or reject that cannot be sent (already settled, or stale)."""
+
+
+class PatternError(LeveretError):
+    """Base of the errors raised by :mod:`leveret.patterns`."""
+
+
+class SerializationError(PatternError):
+    """A payload could not be encoded, or a body could not be decoded."""
+
+
+class TaskError(PatternError):
+    """A Master/Worker task could not be created or handled."""
+
+
+class RemoteError(PatternError):
+    """An exception raised by an RPC callee, rebuilt at the caller.
+
+    Attributes:
+        remote_type: the name of the exception class on the callee.
+        remote_message: ``str()`` of the remote exception.
+        remote_traceback: the formatted traceback from the callee, or ``""``.
+        remote_args: the exception's ``args`` as the callee encoded them.
+    """
+
+    remote_type: str = ""
+    remote_message: str = ""
+    remote_traceback: str = ""
+    remote_args: tuple[Any, ...] = ()
