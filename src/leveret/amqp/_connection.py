@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import ssl
 import sys
@@ -187,7 +188,7 @@ class Connection:
             )
         except OSError as exc:
             start.cancel()
-            detail = exc.strerror or str(exc) or type(exc).__name__
+            detail = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
             raise ConnectError(f"{url}: {detail}") from exc
         self.address = address
         protocol.write(PROTOCOL_HEADER)

@@ -54,9 +54,13 @@ class Topology:
         if kind not in ("queue", "exchange"):
             return
         for other in list(self._entries):
-            if (other[0] == "queue-bind" and (
-                (kind == "queue" and other[1] == name) or (kind == "exchange" and other[2] == name)
-            )) or (other[0] == "exchange-bind" and kind == "exchange" and name in other[1:3]):
+            if (
+                other[0] == "queue-bind"
+                and (
+                    (kind == "queue" and other[1] == name)
+                    or (kind == "exchange" and other[2] == name)
+                )
+            ) or (other[0] == "exchange-bind" and kind == "exchange" and name in other[1:3]):
                 del self._entries[other]
 
     async def restore(self, open_channel: Callable[[], Awaitable[Channel]]) -> dict[str, str]:

@@ -1,0 +1,215 @@
+"""Consumers: callbacks, iterators, qos, settling, cancellation and direct reply-to."""
+
+import asyncio
+
+import pytest
+
+from leveret.amqp import Channel, Connection, Delivery, connect
+from leveret.exceptions import ConsumerCancelledError, DeliveryError
+
+
+async def _publish(channel: Channel, queue: str, count: int) -> None:
+    await asyncio.gather(*(channel.publish(b"%d" % i, routing_key=queue) for i in range(count)))
+
+
+async def test_sync_callback_receives_every_delivery_in_order(channel: Channel, queue: str) -> None:
+    bodies: list[bytes] = []
+    done = asyncio.Event()
+
+    def on_delivery(delivery: Delivery) -> None:
+        bodies.append(delivery.body)
+        delivery.ack()
+        if len(bodies) == 500:
+            done.set()
+
+    await channel.consume(queue, on_delivery)
+    await _publish(channel, queue, 500)
+    await asyncio.wait_for(done.wait(), 10)
+    assert bodies == [b"%d" % i for i in range(500)]
+
+
+async def test_async_callback_runs_as_a_task_and_acks(channel: Channel, queue: str) -> None:
+    seen: list[bytes] = []
+
+    async def on_delivery(delivery: Delivery) -> None:
+        await asyncio.sleep(0)
+        seen.append(delivery.body)
+        delivery.ack()
+
+    await channel.consume(queue, on_delivery)
+    await _publish(channel, queue, 50)
+    for _ in range(200):
+        if len(seen) == 50:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(seen) == sorted(b"%d" % i for i in range(50))
+    await asyncio.sleep(0.1)
+    assert (await channel.queue_declare(queue, passive=True)).message_count == 0
+
+
+async def test_iterator_yields_deliveries_and_requeues_the_unread_on_exit(
+    connection: Connection, queue: str
+) -> None:
+    channel = await connection.channel()
+    await channel.qos(10)
+    await _publish(channel, queue, 20)
+    got = []
+    async with channel.iterate(queue) as deliveries:
+        async for delivery in deliveries:
+            got.append(delivery.body)
+            delivery.ack()
+            if len(got) == 5:
+                break
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    await asyncio.sleep(0.1)
+    assert (await channel.queue_declare(queue, passive=True)).message_count == 15
+
+
+async def test_prefetch_bounds_unacked_deliveries(connection: Connection, queue: str) -> None:
+    channel = await connection.channel()
+    await channel.qos(5)
+    held: list[Delivery] = []
+    await channel.consume(queue, held.append)
+    await _publish(channel, queue, 20)
+    await asyncio.sleep(0.3)
+    assert len(held) == 5
+    for delivery in held[:]:
+        delivery.ack()
+    await asyncio.sleep(0.3)
+    assert len(held) == 10
+
+
+async def test_second_ack_raises_locally_and_the_channel_stays_open(
+    channel: Channel, queue: str
+) -> None:
+    await channel.publish(b"once", routing_key=queue)
+    delivery = await channel.get(queue)
+    assert delivery is not None
+    delivery.ack()
+    with pytest.raises(DeliveryError, match="already settled"):
+        delivery.ack()
+    with pytest.raises(DeliveryError, match="already settled"):
+        delivery.nack()
+    await channel.publish(b"still fine", routing_key=queue)
+    assert channel.is_open
+
+
+async def test_no_ack_deliveries_cannot_be_acked(channel: Channel, queue: str) -> None:
+    await channel.publish(b"x", routing_key=queue)
+    delivery = await channel.get(queue, no_ack=True)
+    assert delivery is not None
+    with pytest.raises(DeliveryError, match="no_ack"):
+        delivery.ack()
+
+
+async def test_coalesced_acks_never_cover_an_unfinished_delivery(amqp_url: str, queue: str) -> None:
+    async with await connect(amqp_url) as conn:
+        channel = await conn.channel()
+        held: list[Delivery] = []
+        await channel.consume(queue, held.append)
+        await _publish(channel, queue, 10)
+        while len(held) < 10:
+            await asyncio.sleep(0.01)
+        for delivery in held:
+            if delivery.body != b"4":
+                delivery.ack()
+        await asyncio.sleep(0.1)
+    async with await connect(amqp_url) as conn:
+        channel = await conn.channel()
+        left = await channel.get(queue)
+        assert left is not None and left.body == b"4" and left.redelivered
+        left.ack()
+        assert await channel.get(queue) is None
+
+
+async def test_nack_requeues_and_reject_drops(channel: Channel, queue: str) -> None:
+    await channel.publish(b"again", routing_key=queue)
+    first = await channel.get(queue)
+    assert first is not None
+    first.nack(requeue=True)
+    second = await channel.get(queue)
+    assert second is not None and second.redelivered and second.body == b"again"
+    second.reject(requeue=False)
+    assert await channel.get(queue) is None
+
+
+async def test_deliveries_after_cancel_go_back_to_the_queue(channel: Channel, queue: str) -> None:
+    received: list[Delivery] = []
+    tag = await channel.consume(queue, received.append)
+    await channel.cancel(tag)
+    await _publish(channel, queue, 10)
+    await asyncio.sleep(0.1)
+    assert received == []
+    assert (await channel.queue_declare(queue, passive=True)).message_count == 10
+
+
+async def test_broker_cancel_reaches_the_callback_owner(
+    connection: Connection, unique: str
+) -> None:
+    channel = await connection.channel()
+    await channel.queue_declare(unique)
+    cancelled: list[ConsumerCancelledError] = []
+    await channel.consume(unique, lambda d: None, on_cancel=cancelled.append)
+    await (await connection.channel()).queue_delete(unique)
+    for _ in range(100):
+        if cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert cancelled and unique in str(cancelled[0])
+
+
+async def test_broker_cancel_ends_an_iterator_with_an_error(
+    connection: Connection, unique: str
+) -> None:
+    channel = await connection.channel()
+    await channel.queue_declare(unique)
+
+    async def read_all() -> None:
+        async with channel.iterate(unique) as deliveries:
+            async for _ in deliveries:
+                pass
+
+    reader = asyncio.create_task(read_all())
+    await asyncio.sleep(0.1)
+    await (await connection.channel()).queue_delete(unique)
+    with pytest.raises(ConsumerCancelledError, match="cancelled"):
+        await asyncio.wait_for(reader, 5)
+
+
+async def test_direct_reply_to_round_trip(connection: Connection, queue: str) -> None:
+    server = await connection.channel()
+
+    async def respond(delivery: Delivery) -> None:
+        await server.publish(delivery.body.upper(), routing_key=delivery.properties.reply_to or "",
+                             correlation_id=delivery.properties.correlation_id)  # fmt: skip
+        delivery.ack()
+
+    await server.consume(queue, respond)
+    client = await connection.channel()
+    replies: asyncio.Queue[Delivery] = asyncio.Queue()
+    await client.consume("amq.rabbitmq.reply-to", replies.put_nowait, no_ack=True)
+    await client.publish(b"ping", routing_key=queue, reply_to="amq.rabbitmq.reply-to",
+                         correlation_id="c1")  # fmt: skip
+    reply = await asyncio.wait_for(replies.get(), 5)
+    assert reply.body == b"PING" and reply.properties.correlation_id == "c1"
+
+
+async def test_a_failing_sync_callback_does_not_stop_the_consumer(
+    channel: Channel, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ok: list[bytes] = []
+
+    def on_delivery(delivery: Delivery) -> None:
+        delivery.ack()
+        if delivery.body == b"1":
+            raise RuntimeError("user bug")
+        ok.append(delivery.body)
+
+    await channel.consume(queue, on_delivery)
+    await _publish(channel, queue, 3)
+    for _ in range(100):
+        if len(ok) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert ok == [b"0", b"2"]
+    assert "user bug" in caplog.text

@@ -1,0 +1,114 @@
+"""Private RabbitMQ nodes for tests that stop, restart, block or reconfigure a broker.
+
+The shared broker on 127.0.0.1:5672 is never touched by these tests. Node
+names and ports derive from the test process id so parallel runs do not
+collide; every node is stopped and its folder removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+NODES_ROOT = Path("/tmp/leveret-nodes")
+
+
+def _base_port() -> int:
+    # 30000..39990 in steps of 10; the Erlang distribution port is +20000.
+    return 30000 + (os.getpid() % 1000) * 10
+
+
+class PrivateNode:
+    """One RabbitMQ node of the test's own: ``start()``, ``stop()``, ``ctl(...)``."""
+
+    def __init__(
+        self,
+        index: int = 0,
+        *,
+        config: Iterable[str] = (),
+        plugins: Iterable[str] = (),
+    ) -> None:
+        self.index = index
+        self.name = f"lvt{os.getpid()}n{index}@localhost"
+        self.port = _base_port() + index * 2
+        self.tls_port = self.port + 1
+        self.dir = NODES_ROOT / self.name.split("@")[0]
+        self.config = list(config)
+        self.plugins = list(plugins)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.name,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.port + 20000),
+            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.dir / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+            RABBITMQ_PID_FILE=str(self.dir / "pid"),
+            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
+        )
+        return env
+
+    def start(self) -> None:
+        """Start the node (first time: create its folder and config) and wait for it."""
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True)
+            plugins = ",".join(self.plugins)
+            (self.dir / "enabled_plugins").write_text(f"[{plugins}].\n")
+            lines = [
+                f"listeners.tcp.1 = 127.0.0.1:{self.port}",
+                "loopback_users = none",
+                *self.config,
+            ]
+            (self.dir / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+            shutil.chown(self.dir, "rabbitmq", "rabbitmq")
+            for path in self.dir.rglob("*"):
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        subprocess.run(
+            ["rabbitmq-server", "-detached"],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+        )
+        self.wait_started()
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.ctl("await_startup", check=False, timeout=timeout)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start: {result.stderr}")
+            time.sleep(0.5)
+
+    def ctl(
+        self, *args: str, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``rabbitmqctl -n <node> args...``."""
+        return subprocess.run(
+            ["rabbitmqctl", "-n", self.name, *args],
+            env=self._env(),
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def stop(self) -> None:
+        """Stop the node (its data stays, so ``start()`` brings it back)."""
+        self.ctl("stop", check=False)
+
+    def destroy(self) -> None:
+        """Stop the node and delete its folder."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
