@@ -83,9 +83,9 @@ async def channel(connection: Connection) -> Channel:
 
 
 @pytest.fixture
-def unique() -> Iterator[str]:
+def unique() -> str:
     """A name no other test uses (queues, exchanges)."""
-    yield f"leveret-test-{uuid.uuid4().hex[:12]}"
+    return f"leveret-test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -53,10 +53,14 @@ async def test_only_the_unroutable_one_of_interleaved_publishes_fails(
     channel: Channel, queue: str, unique: str
 ) -> None:
     results = await asyncio.gather(
-        *(channel.publish(b"%d" % i, routing_key=queue if i % 3 else unique + "-none",
-                          mandatory=True) for i in range(30)),
+        *(
+            channel.publish(
+                b"%d" % i, routing_key=queue if i % 3 else unique + "-none", mandatory=True
+            )
+            for i in range(30)
+        ),
         return_exceptions=True,
-    )  # fmt: skip
+    )
     failed = [i for i, result in enumerate(results) if isinstance(result, MessageReturnedError)]
     assert failed == list(range(0, 30, 3))
     assert (await channel.queue_declare(queue, passive=True)).message_count == 20
@@ -69,8 +73,9 @@ async def test_unroutable_message_without_mandatory_is_confirmed_and_dropped(
 
 
 async def test_broker_nack_raises_publish_nacked(channel: Channel, unique: str) -> None:
-    await channel.queue_declare(unique, exclusive=True,
-                                arguments={"x-max-length": 1, "x-overflow": "reject-publish"})  # fmt: skip
+    await channel.queue_declare(
+        unique, exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
     await channel.publish(b"1", routing_key=unique)
     with pytest.raises(PublishNackedError):
         await channel.publish(b"2", routing_key=unique)
@@ -78,13 +83,28 @@ async def test_broker_nack_raises_publish_nacked(channel: Channel, unique: str) 
 
 async def test_every_property_survives_the_broker(channel: Channel, queue: str) -> None:
     props = Properties(
-        content_type="application/json", content_encoding="utf-8",
-        headers={"int": 1, "neg": -2**40, "str": "s", "bool": False, "float": 0.25,
-                 "list": [1, "a", None], "table": {"x": {"y": b"\x00"}}},
-        delivery_mode=2, priority=3, correlation_id="corr", reply_to="somewhere",
-        expiration=60000, message_id="mid", timestamp=1_800_000_000, type="call",
-        user_id="guest", app_id="tests",
-    )  # fmt: skip
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={
+            "int": 1,
+            "neg": -(2**40),
+            "str": "s",
+            "bool": False,
+            "float": 0.25,
+            "list": [1, "a", None],
+            "table": {"x": {"y": b"\x00"}},
+        },
+        delivery_mode=2,
+        priority=3,
+        correlation_id="corr",
+        reply_to="somewhere",
+        expiration=60000,
+        message_id="mid",
+        timestamp=1_800_000_000,
+        type="call",
+        user_id="guest",
+        app_id="tests",
+    )
     await channel.publish(b"{}", routing_key=queue, properties=props)
     delivery = await channel.get(queue, no_ack=True)
     assert delivery is not None

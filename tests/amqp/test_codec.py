@@ -17,23 +17,30 @@ from leveret.exceptions import ConfigurationError, ProtocolError
 
 def test_method_frames_match_pamqp_byte_for_byte() -> None:
     ours = encode_method_frame(
-        3, "queue.declare", queue="jobs", durable=True, auto_delete=True,
+        3,
+        "queue.declare",
+        queue="jobs",
+        durable=True,
+        auto_delete=True,
         arguments={"x-queue-type": "classic", "x-single-active-consumer": True},
-    )  # fmt: skip
+    )
     theirs = frame.marshal(
         commands.Queue.Declare(
-            queue="jobs", durable=True, auto_delete=True,
+            queue="jobs",
+            durable=True,
+            auto_delete=True,
             arguments={"x-queue-type": "classic", "x-single-active-consumer": True},
         ),
         3,
-    )  # fmt: skip
+    )
     assert ours == theirs
 
 
 def test_pamqp_decodes_our_integers_to_the_same_values() -> None:
     # We always send 32- or 64-bit integers; pamqp picks the smallest type. Both are valid.
-    ours = encode_method_frame(1, "queue.declare", queue="q",
-                               arguments={"x-max-priority": 10, "x-expires": 2**40})  # fmt: skip
+    ours = encode_method_frame(
+        1, "queue.declare", queue="q", arguments={"x-max-priority": 10, "x-expires": 2**40}
+    )
     _, _, decoded = frame.unmarshal(ours)
     assert decoded.arguments == {"x-max-priority": 10, "x-expires": 2**40}
 
@@ -91,17 +98,26 @@ def test_malformed_tables_raise_protocol_error(garbage: bytes) -> None:
 
 
 def test_values_without_an_amqp_type_are_refused_with_their_key() -> None:
-    with pytest.raises(ConfigurationError, match="'when'.*set"):
+    with pytest.raises(ConfigurationError, match=r"'when'.*set"):
         encode_table({"when": {1, 2}})
 
 
 def test_properties_round_trip_all_fields() -> None:
     props = Properties(
-        content_type="application/json", content_encoding="gzip", headers=every_type,
-        delivery_mode=2, priority=7, correlation_id="c-1", reply_to="amq.rabbitmq.reply-to",
-        expiration=1500, message_id="m-1", timestamp=1_800_000_000, type="call",
-        user_id="guest", app_id="leveret",
-    )  # fmt: skip
+        content_type="application/json",
+        content_encoding="gzip",
+        headers=every_type,
+        delivery_mode=2,
+        priority=7,
+        correlation_id="c-1",
+        reply_to="amq.rabbitmq.reply-to",
+        expiration=1500,
+        message_id="m-1",
+        timestamp=1_800_000_000,
+        type="call",
+        user_id="guest",
+        app_id="leveret",
+    )
     data = content_frames(1, props.encode(), b"body", 131072)
     size, decoded = decode_content_header(data, 7)
     assert size == 4
@@ -110,8 +126,12 @@ def test_properties_round_trip_all_fields() -> None:
 
 
 def test_properties_match_pamqp_encoding() -> None:
-    ours = encode_properties(content_type="text/plain", delivery_mode=2, correlation_id="x",
-                             headers={"a": "b", "c": [True]})  # fmt: skip
+    ours = encode_properties(
+        content_type="text/plain",
+        delivery_mode=2,
+        correlation_id="x",
+        headers={"a": "b", "c": [True]},
+    )
     theirs = commands.Basic.Properties(
         content_type="text/plain",
         delivery_mode=2,
@@ -142,12 +162,17 @@ def test_bodies_are_split_to_fit_frame_max() -> None:
 
 
 json_like = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
-    | st.text(max_size=20) | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
-)  # fmt: skip
+)
 
 
 @given(st.dictionaries(st.text(max_size=30), json_like, max_size=8))

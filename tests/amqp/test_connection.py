@@ -22,8 +22,10 @@ def _connection_pid(name: str) -> str:
     """The broker-side pid of the connection whose connection_name is ``name``."""
     out = subprocess.run(
         ["rabbitmqctl", "list_connections", "pid", "client_properties", "--no-table-headers", "-q"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for line in out.splitlines():
         if name in line:
             return line.split()[0]
@@ -141,12 +143,17 @@ async def test_broker_forced_close_fails_pending_work_with_its_reply_text(
     await asyncio.to_thread(
         subprocess.run,
         ["rabbitmqctl", "close_connection", _connection_pid(name), "leveret test says bye"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    with pytest.raises((ConnectionForcedError, ChannelClosedError, PublishNotConfirmedError)):
+        check=True,
+        capture_output=True,
+    )
+
+    async def publish_until_it_fails() -> None:
         for _ in range(200):
             await channel.publish(b"x", routing_key=unique)
             await asyncio.sleep(0.05)
+
+    with pytest.raises((ConnectionForcedError, ChannelClosedError, PublishNotConfirmedError)):
+        await publish_until_it_fails()
     assert conn.is_closed
     assert isinstance(closed[0], ConnectionForcedError)
     assert closed[0].reply_code == 320

@@ -106,10 +106,16 @@ async def test_coalesced_acks_never_cover_an_unfinished_delivery(amqp_url: str, 
     async with await connect(amqp_url) as conn:
         channel = await conn.channel()
         held: list[Delivery] = []
-        await channel.consume(queue, held.append)
+        all_held = asyncio.Event()
+
+        def hold(delivery: Delivery) -> None:
+            held.append(delivery)
+            if len(held) == 10:
+                all_held.set()
+
+        await channel.consume(queue, hold)
         await _publish(channel, queue, 10)
-        while len(held) < 10:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(all_held.wait(), 5)
         for delivery in held:
             if delivery.body != b"4":
                 delivery.ack()
@@ -180,16 +186,20 @@ async def test_direct_reply_to_round_trip(connection: Connection, queue: str) ->
     server = await connection.channel()
 
     async def respond(delivery: Delivery) -> None:
-        await server.publish(delivery.body.upper(), routing_key=delivery.properties.reply_to or "",
-                             correlation_id=delivery.properties.correlation_id)  # fmt: skip
+        await server.publish(
+            delivery.body.upper(),
+            routing_key=delivery.properties.reply_to or "",
+            correlation_id=delivery.properties.correlation_id,
+        )
         delivery.ack()
 
     await server.consume(queue, respond)
     client = await connection.channel()
     replies: asyncio.Queue[Delivery] = asyncio.Queue()
     await client.consume("amq.rabbitmq.reply-to", replies.put_nowait, no_ack=True)
-    await client.publish(b"ping", routing_key=queue, reply_to="amq.rabbitmq.reply-to",
-                         correlation_id="c1")  # fmt: skip
+    await client.publish(
+        b"ping", routing_key=queue, reply_to="amq.rabbitmq.reply-to", correlation_id="c1"
+    )
     reply = await asyncio.wait_for(replies.get(), 5)
     assert reply.body == b"PING" and reply.properties.correlation_id == "c1"
 
