@@ -22,11 +22,16 @@ from .exceptions import (
     LeveretError,
     MessageReturnedError,
     PublishError,
+    RemoteError,
+    SerializationError,
+    UnroutableError,
 )
+from .patterns import RPC, Master, NackMessage, RejectMessage, Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RPC",
     "AMQPConnectionError",
     "AMQPError",
     "BrokerError",
@@ -36,10 +41,17 @@ __all__ = [
     "Connection",
     "Delivery",
     "LeveretError",
+    "Master",
     "MessageReturnedError",
+    "NackMessage",
     "Properties",
     "PublishError",
+    "RejectMessage",
+    "RemoteError",
     "RobustConnection",
+    "SerializationError",
+    "UnroutableError",
+    "Worker",
     "__version__",
     "connect",
     "connect_robust",

@@ -24,8 +24,10 @@
     │   ├── DeliveryError             ack/nack/reject that cannot be sent
     │   └── ProtocolError             the peer broke AMQP 0-9-1 framing
     └── PatternError                  Master/Worker and RPC (see leveret.patterns)
-        ├── SerializationError
-        ├── TaskError
+        ├── SerializationError        a payload that does not encode or decode
+        ├── UnroutableError           no queue takes that task or method name
+        ├── CallInterruptedError      an RPC call's reply path closed first
+        ├── MessageProcessingError    NackMessage, RejectMessage (leveret.patterns)
         └── RemoteError               an exception raised by an RPC callee
 
 Broker errors come from a single table of reply codes (:data:`REPLY_CODES`);
@@ -278,8 +280,21 @@ class SerializationError(PatternError):
     """A payload could not be encoded, or a body could not be decoded."""
 
 
-class TaskError(PatternError):
-    """A Master/Worker task could not be created or handled."""
+class UnroutableError(PatternError):
+    """A task or call that no queue takes: nothing consumes that name.
+
+    Attributes:
+        returned: the :class:`~leveret.amqp.ReturnedMessage` the broker sent back.
+    """
+
+    def __init__(self, message: str, returned: ReturnedMessage) -> None:
+        super().__init__(message)
+        self.returned = returned
+
+
+class CallInterruptedError(PatternError):
+    """An RPC call lost its reply path (channel closed, RPC closed) before the
+    reply arrived; the callee may or may not have run it."""
 
 
 class RemoteError(PatternError):

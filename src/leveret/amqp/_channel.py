@@ -139,6 +139,7 @@ class Channel:
         self.close_callbacks: list[Callable[[Channel, BaseException | None], Any]] = []
         self._prefetch: tuple[int, int] | None = None
         self._global_prefetch: tuple[int, int] | None = None
+        self._consume_lock = asyncio.Lock()
         self._reset_incarnation()
 
     def _reset_incarnation(self) -> None:
@@ -664,6 +665,7 @@ class Channel:
         consumer_tag: str | None = None,
         arguments: Mapping[str, Any] | None = None,
         on_cancel: CancelCallback | None = None,
+        prefetch_count: int | None = None,
     ) -> str:
         """Start a consumer; returns its consumer tag.
 
@@ -671,8 +673,22 @@ class Channel:
         right away in the event loop; if it returns an awaitable (an ``async def``),
         that runs as a task owned by the channel. ``on_cancel`` is called if the
         broker cancels the consumer (its queue was deleted); without it, the
-        cancellation is logged.
+        cancellation is logged. ``prefetch_count`` sets this consumer's own qos
+        (``basic.qos`` then ``basic.consume``, never interleaved with another
+        consumer's on this channel).
         """
+        if prefetch_count is not None:
+            async with self._consume_lock:
+                await self.qos(prefetch_count)
+                return await self.consume(
+                    queue,
+                    callback,
+                    no_ack=no_ack,
+                    exclusive=exclusive,
+                    consumer_tag=consumer_tag,
+                    arguments=arguments,
+                    on_cancel=on_cancel,
+                )
         tag = consumer_tag or f"leveret.{self._connection.id}.{next(_tag_counter)}"
         if tag in self._consumers:
             raise ConfigurationError(f"consumer tag {tag!r} is already in use on this channel")
@@ -985,8 +1001,12 @@ class Channel:
         self._connection._send(encode_method_frame(self.number, "channel.close-ok"))
         log.warning("channel %d closed by the broker: %s", self.number, error)
         robust = self._connection.topology is not None and self._state == _OPEN
+        # A reconnect or an earlier reopen that is restoring this channel reopens it
+        # again itself; a second reopen would send a second channel.open, which the
+        # broker punishes by closing the whole connection (504 CHANNEL_ERROR).
+        reopening = self._reopened is not None
         self._connection_lost(error, reopen=robust)
-        if robust:
+        if robust and not reopening:
             self._connection._reopen_channel_later(self)
 
     def _on_broker_cancel(self, consumer_tag: str) -> None:

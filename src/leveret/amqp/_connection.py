@@ -84,6 +84,8 @@ class Connection:
         self._handlers: dict[int, FrameHandler] = {}
         self._channels: dict[int, Channel] = {}
         self._protocol: FrameProtocol | None = None
+        #: True from connection.open-ok until the transport goes: usable for channels.
+        self._handshake_done = False
         self._waiters: deque[tuple[tuple[str, ...], asyncio.Future[Method]]] = deque()
         self._close_reason: BaseException | None = None
         self._closed_by_owner = False
@@ -114,7 +116,8 @@ class Connection:
 
     @property
     def is_open(self) -> bool:
-        return self._protocol is not None and self._close_reason is None
+        """True while the connection can carry channels (not during a (re)connect handshake)."""
+        return self._handshake_done and self._protocol is not None and self._close_reason is None
 
     @property
     def is_closed(self) -> bool:
@@ -141,6 +144,7 @@ class Connection:
             AuthenticationError: the broker refused the credentials.
         """
         failures = []
+        last: BaseException | None = None
         self._connecting = True
         try:
             for address in addresses or self.params.addresses:
@@ -151,27 +155,30 @@ class Connection:
                 except AuthenticationError:
                     self._drop_transport()
                     raise
-                except TimeoutError:
+                except TimeoutError as exc:
                     self._drop_transport()
+                    last = exc
                     failures.append(
                         f"{self.params.safe_url(address)}: no answer within "
                         f"{self.params.connection_timeout:g} s"
                     )
                 except ConnectError as exc:
                     self._drop_transport()
+                    last = exc.__cause__ or exc
                     failures.append(str(exc))
                 except BaseException:
                     self._drop_transport()
                     raise
         finally:
             self._connecting = False
-        raise ConnectError("cannot connect to RabbitMQ: " + "; ".join(failures))
+        raise ConnectError("cannot connect to RabbitMQ: " + "; ".join(failures)) from last
 
     async def _connect_to(self, address: tuple[str, int]) -> None:
         host, port = address
         url = self.params.safe_url(address)
         context = self._ssl_context or self.params.ssl_context()
         self._close_reason = None
+        self._handshake_done = False
         self._transport_gone = self.loop.create_future()
         protocol = FrameProtocol(self.loop, self._handlers, self)
         self._handlers.clear()
@@ -186,10 +193,26 @@ class Connection:
                 ssl=context,
                 server_hostname=host if context else None,
             )
+        except ssl.SSLCertVerificationError as exc:
+            start.cancel()
+            raise ConnectError(
+                f"{url}: the broker's TLS certificate could not be verified: {exc.verify_message}"
+            ) from exc
+        except ssl.SSLError as exc:
+            start.cancel()
+            raise ConnectError(
+                f"{url}: TLS handshake failed ({exc.reason or exc}); is the port a TLS listener?"
+            ) from exc
         except OSError as exc:
             start.cancel()
             detail = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
             raise ConnectError(f"{url}: {detail}") from exc
+        except BaseException:
+            # Cancelled: connection_timeout ran out while the peer did not answer, or the
+            # owner closed a reconnecting connection. Nobody will await the start waiter;
+            # failed later by _drop_transport, it would log "exception was never retrieved".
+            start.cancel()
+            raise
         self.address = address
         protocol.write(PROTOCOL_HEADER)
         try:
@@ -203,6 +226,7 @@ class Connection:
                 f"{url}: the server closed the connection during the AMQP handshake "
                 f"(is it RabbitMQ, and is TLS set as the server expects?): {exc}"
             ) from exc
+        self._handshake_done = True
         self._start_heartbeat()
         log.info("connected to %s", url)
 
@@ -279,6 +303,8 @@ class Connection:
 
         Raises:
             ConnectionClosedError: the connection was closed by its owner.
+            ConnectionLostError: the connection was lost (e.g. HeartbeatTimeoutError).
+            BrokerError: the broker closed the connection (e.g. ConnectionForcedError).
             ConfigurationError: all ``channel_max`` channel numbers are in use.
         """
         await self._ensure_connected()
@@ -296,8 +322,9 @@ class Connection:
         return channel
 
     async def _ensure_connected(self) -> None:
-        if self._closed_by_owner or self.is_closed:
+        if self._closed_by_owner:
             raise ConnectionClosedError(f"{self!r} was closed")
+        # A connection that was lost (heartbeat, broker close) says why, not "closed".
         if not self.is_open:
             raise self._close_reason or ConnectionLostError(f"{self!r} is not open")
 
@@ -438,6 +465,7 @@ class Connection:
             self._protocol.close()
 
     def _drop_transport(self) -> None:
+        self._handshake_done = False
         if self._protocol is not None:
             self._protocol.abort()
             self._protocol = None
@@ -457,6 +485,7 @@ class Connection:
             self._heartbeat_handle.cancel()
             self._heartbeat_handle = None
         self._protocol = None
+        self._handshake_done = False
         if self._closed_by_owner:
             reason: BaseException = ConnectionClosedError(f"{self!r} was closed by its owner")
         elif self._close_reason is not None:

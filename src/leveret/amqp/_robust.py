@@ -155,7 +155,8 @@ class RobustConnection(Connection):
     ``reconnect_callbacks`` are called with the connection after each successful
     reconnect; ``queue_renamed_callbacks`` with ``(old, new)`` for each
     server-named queue that got a new name. A connection closed by its owner is
-    never reconnected.
+    never reconnected. :meth:`channel` called during a reconnect waits until every
+    channel is restored (at most ``reconnect_timeout``).
     """
 
     def __init__(
@@ -266,10 +267,13 @@ class RobustConnection(Connection):
     async def _ensure_connected(self) -> None:
         if self._closed_by_owner or self.is_closed:
             raise ConnectionClosedError(f"{self!r} was closed")
-        if self.is_open:
-            return
         waiter = self._reconnected
-        if waiter is None:
+        # Wait for the whole restore, not just the handshake: a channel opened while
+        # the reconnect reopens the registered ones would be opened twice.
+        reconnecting = waiter is not None and not waiter.done()
+        if self.is_open and not reconnecting:
+            return
+        if waiter is None or not reconnecting:
             raise self._close_reason or ConnectionLostError(f"{self!r} is not open")
         try:
             async with asyncio.timeout(self.reconnect_timeout):

@@ -59,13 +59,45 @@ class ConnectionParameters:
         return f"ConnectionParameters({self.safe_url()!r})"
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """A TLS context built from the URL's options, or ``None`` for ``amqp://``."""
+        """A TLS context built from the URL's options, or ``None`` for ``amqp://``.
+
+        The context verifies the broker's certificate (against ``cafile``, or the
+        system's trusted CAs) and its host name; ``certfile`` and ``keyfile`` are
+        the client certificate for EXTERNAL authentication.
+
+        Raises:
+            ConfigurationError: a file cannot be read or holds no usable
+                certificate or key; the message names the option and the file.
+        """
         if not self.tls:
             return None
-        context = ssl.create_default_context(cafile=self.cafile)
+        try:
+            context = ssl.create_default_context(cafile=self.cafile)
+        except OSError as exc:  # ssl.SSLError is an OSError too
+            raise ConfigurationError(
+                f"URL option cafile={self.cafile!r} is not usable: {exc.strerror or exc}"
+            ) from exc
         if self.certfile:
-            context.load_cert_chain(self.certfile, self.keyfile)
+            try:
+                # A password callback, so that an encrypted key fails here instead
+                # of OpenSSL prompting for a pass phrase on the terminal.
+                context.load_cert_chain(self.certfile, self.keyfile, password=self._no_password)
+            except OSError as exc:
+                files = f"certfile={self.certfile!r}"
+                if self.keyfile:
+                    files += f", keyfile={self.keyfile!r}"
+                raise ConfigurationError(
+                    f"URL options {files} are not a usable certificate and private key: "
+                    f"{exc.strerror or exc}"
+                ) from exc
         return context
+
+    def _no_password(self) -> bytes:
+        key = self.keyfile or self.certfile
+        raise ConfigurationError(
+            f"the private key in {key!r} is encrypted: decrypt it, or pass an ssl.SSLContext "
+            "that has loaded it (ssl_context=)"
+        )
 
 
 def _format_host(host: str, port: int) -> str:
@@ -144,7 +176,20 @@ def parse_url(url: str, **overrides: Any) -> ConnectionParameters:
     options = dict(parse_qsl(query, keep_blank_values=True))
     options.update({k: str(v) for k, v in overrides.items() if v is not None})
     fields.update(_parse_options(options))
+    _check_tls_options(scheme, fields)
     return ConnectionParameters(**fields)
+
+
+def _check_tls_options(scheme: str, fields: Mapping[str, Any]) -> None:
+    """Refuse TLS options that would be silently ignored."""
+    given = [name for name in ("cafile", "certfile", "keyfile") if fields.get(name)]
+    if given and scheme != "amqps":
+        # Ignoring them would send the credentials in clear text to a user who asked for TLS.
+        raise ConfigurationError(
+            f"URL option {', '.join(given)} needs TLS: use amqps:// instead of amqp://"
+        )
+    if fields.get("keyfile") and not fields.get("certfile"):
+        raise ConfigurationError("URL option keyfile needs certfile (the client certificate)")
 
 
 def parse_urls(urls: str | Sequence[str], **overrides: Any) -> ConnectionParameters:

@@ -1,0 +1,441 @@
+"""RPC: call a function in another process and await its result.
+
+Calls go to the queue named after the method on the default exchange
+(``type="call"``, ``correlation_id``, ``reply_to``); replies come back over
+RabbitMQ's direct reply-to (``amq.rabbitmq.reply-to``), so no reply queue is
+declared, and any number of calls share it, told apart by ``correlation_id``.
+Errors travel as ``{"error": {"type", "message", "args", ...}}`` with
+``type="error"``, as aio-pika's ``JsonRPC`` writes them; we add ``str``,
+``module`` and ``traceback``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NamedTuple, Self
+
+from ..amqp import Delivery
+from ..exceptions import (
+    AMQPError,
+    CallInterruptedError,
+    ConfigurationError,
+    MessageReturnedError,
+    RemoteError,
+    SerializationError,
+    UnroutableError,
+)
+from ..serializers import Serializer
+from ._base import Base, KeywordCall, PatternChannel, Proxy
+from ._master import DEFAULT_PREFETCH
+from ._runner import Runner, settle
+
+log = logging.getLogger("leveret.patterns")
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+#: Header carrying a call's deadline (seconds since the epoch) to the callee.
+DEADLINE_HEADER = "x-leveret-deadline"
+
+_BUILTIN_EXCEPTIONS: dict[str, type[Exception]] = {
+    name: value
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, Exception)
+}
+_REMOTE_CLASSES: dict[type[Exception], type[RemoteError]] = {}
+_CHANNELS_WITH_RPC: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _remote_class(cls: type[Exception]) -> type[RemoteError]:
+    """``RemoteValueError``: a :class:`RemoteError` that is also a ``ValueError``."""
+    remote = _REMOTE_CLASSES.get(cls)
+    if remote is None:
+        try:
+            remote = type(f"Remote{cls.__name__}", (RemoteError, cls), {"__module__": __name__})
+        except TypeError:  # an exception type that cannot be mixed in
+            remote = RemoteError
+        _REMOTE_CLASSES[cls] = remote
+    return remote
+
+
+class _Callee(NamedTuple):
+    call: KeywordCall
+    consumer_tag: str
+    runner: Runner
+
+
+class RPC(Base):
+    """Remote procedure calls over one channel.
+
+    ::
+
+        rpc = await RPC.create(channel, timeout=5)
+        await rpc.register("multiply", multiply)        # callee side
+        assert await rpc.proxy.multiply(x=2, y=3) == 6  # caller side
+
+    ``timeout`` is the default deadline of a call; the call message carries it as
+    its ``expiration`` (the broker drops a call nobody took in time) and in a header
+    (a callee skips a call whose deadline has passed). Exceptions raised by the
+    callee are re-raised at the caller as :class:`~leveret.exceptions.RemoteError`
+    subclasses that are also the original type when that type is a builtin
+    exception or was registered (``exceptions=`` or :meth:`register_exception`).
+    One RPC per channel: direct reply-to allows one reply consumer per channel.
+    """
+
+    DELIVERY_MODE = 1
+
+    def __init__(
+        self,
+        channel: PatternChannel,
+        *,
+        timeout: float | None = None,
+        serializer: str | Serializer | None = None,
+        accept: Collection[str] = (),
+        prefetch_count: int = DEFAULT_PREFETCH,
+        exceptions: Collection[type[Exception]] = (),
+    ) -> None:
+        super().__init__(serializer=serializer, accept=accept)
+        self.channel = channel
+        self.timeout = timeout
+        self.prefetch_count = prefetch_count
+        self.proxy = Proxy(self.call)
+        self._pending: dict[str, tuple[asyncio.Future[Any], str]] = {}
+        self._callees: dict[str, _Callee] = {}
+        self._exceptions: dict[str, type[Exception]] = {}
+        for cls in exceptions:
+            self.register_exception(cls)
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(6)
+        self._reply_tag: str | None = None
+        self._closed = False
+
+    @classmethod
+    async def create(cls, channel: PatternChannel, **kwargs: Any) -> Self:
+        """Create an RPC on ``channel`` and start listening for replies."""
+        rpc = cls(channel, **kwargs)
+        await rpc.initialize()
+        return rpc
+
+    async def initialize(self) -> None:
+        """Start the direct reply-to consumer (idempotent).
+
+        Raises:
+            ConfigurationError: another RPC already uses this channel.
+        """
+        if self._reply_tag is not None:
+            return
+        if self.channel in _CHANNELS_WITH_RPC:
+            raise ConfigurationError(
+                "this channel already has an RPC: direct reply-to allows one reply "
+                "consumer per channel, so open another channel for a second RPC"
+            )
+        _CHANNELS_WITH_RPC.add(self.channel)
+        try:
+            self._reply_tag = await self.channel.consume(REPLY_TO, self._on_reply, no_ack=True)
+        except BaseException:
+            _CHANNELS_WITH_RPC.discard(self.channel)
+            raise
+        self.channel.close_callbacks.append(self._on_channel_closed)
+
+    def register_exception(self, cls: type[Exception]) -> None:
+        """Let remote exceptions named ``cls.__name__`` be re-raised as ``cls``."""
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            raise ConfigurationError(f"{cls!r} is not an exception class")
+        self._exceptions[cls.__name__] = cls
+
+    # -- caller ----------------------------------------------------------------------
+
+    async def call(
+        self,
+        method_name: str,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        expiration: float | None = None,
+        priority: int | None = None,
+    ) -> Any:
+        """Call ``method_name`` with ``kwargs`` and return its result.
+
+        ``timeout`` (seconds, default: the RPC's) bounds the whole call;
+        ``expiration`` (seconds, default: the timeout) is how long the call may
+        wait in the queue before the broker drops it.
+
+        Raises:
+            TimeoutError: no reply within ``timeout``.
+            UnroutableError: nobody registered ``method_name`` (at once).
+            RemoteError: the callee raised (see the class docstring).
+            CallInterruptedError: the channel or the RPC closed first.
+            SerializationError: the arguments or the reply cannot be encoded/decoded.
+        """
+        if self._reply_tag is None:
+            raise ConfigurationError("the RPC is not listening: create it with RPC.create()")
+        if timeout is None:
+            timeout = self.timeout
+        if expiration is None:
+            expiration = timeout
+        body = self._encode(dict(kwargs or {}))
+        correlation_id = f"{self._id_prefix}.{next(self._ids)}"
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = (future, method_name)
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                await self.channel.publish(
+                    body,
+                    routing_key=method_name,
+                    mandatory=True,
+                    content_type=self.CONTENT_TYPE,
+                    delivery_mode=self.DELIVERY_MODE,
+                    priority=priority,
+                    correlation_id=correlation_id,
+                    reply_to=REPLY_TO,
+                    expiration=None if expiration is None else max(1, round(expiration * 1000)),
+                    type="call",
+                    headers=None if timeout is None else {DEADLINE_HEADER: time.time() + timeout},
+                )
+                return await future
+        except TimeoutError:
+            if deadline.expired():
+                raise TimeoutError(f"no reply to {method_name!r} within {timeout} s") from None
+            raise
+        except MessageReturnedError as exc:
+            raise UnroutableError(
+                f"nobody serves {method_name!r}: no callee registered it (the broker returned "
+                f"the call: {exc.message.reply_code} {exc.message.reply_text})",
+                exc.message,
+            ) from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    def _on_reply(self, delivery: Delivery) -> None:
+        correlation_id = delivery.properties.correlation_id
+        entry = self._pending.pop(correlation_id, None) if correlation_id else None
+        if entry is None:
+            log.debug("reply %r matches no pending call (it came after a timeout?)", correlation_id)
+            return
+        future, name = entry
+        if future.done():
+            return
+        kind = delivery.properties.type
+        try:
+            payload = self._decode(delivery)
+        except SerializationError as exc:
+            future.set_exception(SerializationError(f"reply to {name!r}: {exc}"))
+            return
+        if kind == "error":
+            future.set_exception(self._rebuild_error(name, payload))
+        elif kind == "call":  # a peer dead-lettered our expired call back to us
+            future.set_exception(TimeoutError(f"call to {name!r} expired in its queue"))
+        else:
+            future.set_result(payload)
+
+    def _rebuild_error(self, name: str, payload: Any) -> RemoteError:
+        info = payload.get("error") if isinstance(payload, dict) else None
+        if not isinstance(info, dict):
+            return RemoteError(
+                f"{name!r} failed, and its error reply is malformed: {payload!r:.200}"
+            )
+        type_name = str(info.get("type", "Exception"))
+        text = info.get("str", info.get("message", ""))
+        text = text if isinstance(text, str) else repr(text)
+        remote_traceback = info.get("traceback")
+        remote_args = tuple(info["args"]) if isinstance(info.get("args"), list) else ()
+        cls = self._exceptions.get(type_name) or _BUILTIN_EXCEPTIONS.get(type_name)
+        error: RemoteError
+        if cls is None:
+            error = RemoteError(f"{type_name}: {text}")
+        else:
+            remote = _remote_class(cls)
+            try:
+                error = remote.__new__(remote)  # never runs an __init__ chosen by the wire
+                error.args = remote_args or ((text,) if text else ())
+            except Exception:
+                error = RemoteError(f"{type_name}: {text}")
+        error.remote_type = type_name
+        error.remote_message = text
+        error.remote_args = remote_args
+        if isinstance(remote_traceback, str) and remote_traceback:
+            error.remote_traceback = remote_traceback
+            error.add_note(f"Raised by the RPC callee of {name!r}:\n{remote_traceback.rstrip()}")
+        return error
+
+    def _on_channel_closed(self, channel: PatternChannel, reason: BaseException | None) -> None:
+        self._fail_pending(f"the channel closed ({reason})")
+        if channel.is_closed:  # a robust channel that will reopen is not closed
+            for callee in self._callees.values():
+                callee.runner.abandon()
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for future, name in pending.values():
+            if not future.done():
+                future.set_exception(
+                    CallInterruptedError(
+                        f"no reply to {name!r}: {why}; the callee may or may not have run it"
+                    )
+                )
+
+    # -- callee ----------------------------------------------------------------------
+
+    async def register(
+        self,
+        method_name: str,
+        func: Callable[..., Any],
+        *,
+        prefetch_count: int | None = None,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Serve ``method_name`` with ``func`` from the queue of that name.
+
+        ``func`` takes keyword arguments; an ``async def`` runs on the event loop,
+        a plain function in the loop's thread pool. At most ``prefetch_count``
+        calls run at once; a call is acked once its reply is published.
+
+        Raises:
+            ConfigurationError: ``method_name`` is already registered here.
+        """
+        if method_name in self._callees:
+            raise ConfigurationError(f"{method_name!r} is already registered on this RPC")
+        call = KeywordCall(method_name, func)
+        await self.channel.queue_declare(
+            method_name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        limit = prefetch_count or self.prefetch_count
+
+        async def handle(delivery: Delivery) -> None:
+            await self._handle_call(call, delivery)
+
+        runner = Runner(handle, limit, f"callee {method_name!r}")
+        tag = await self.channel.consume(method_name, runner.push, prefetch_count=limit)
+        self._callees[method_name] = _Callee(call, tag, runner)
+
+    async def unregister(
+        self, func_or_name: Callable[..., Any] | str, *, timeout: float | None = None
+    ) -> None:
+        """Stop serving a method (by name or by the function registered).
+
+        Calls already running finish and reply (after ``timeout`` seconds they are
+        cancelled and requeued); calls received but not started go back to the queue.
+
+        Raises:
+            ConfigurationError: nothing is registered under that name or function.
+        """
+        for name, callee in self._callees.items():
+            if name == func_or_name or callee.call.func is func_or_name:
+                break
+        else:
+            raise ConfigurationError(f"{func_or_name!r} is not registered on this RPC")
+        del self._callees[name]
+        with contextlib.suppress(AMQPError):
+            await self.channel.cancel(callee.consumer_tag)
+        await callee.runner.close(timeout)
+
+    async def _handle_call(self, call: KeywordCall, delivery: Delivery) -> None:
+        props = delivery.properties
+        name = call.name
+        deadline = props.headers.get(DEADLINE_HEADER) if props.headers else None
+        if isinstance(deadline, int | float) and time.time() > deadline:
+            log.info(
+                "call %r (%s) skipped: its caller's deadline passed %.3f s ago",
+                name,
+                props.correlation_id,
+                time.time() - deadline,
+            )
+            settle(delivery, "ack", what=f"call {name!r}")
+            return
+        if not props.reply_to:
+            log.error(
+                "call %r (message %s) has no reply_to, so no result can be sent; "
+                "rejected without requeue",
+                name,
+                props.message_id,
+            )
+            settle(delivery, "reject", what=f"call {name!r}")
+            return
+        kind = "result"
+        try:
+            kwargs = self._decode(delivery)
+            problem = call.check(kwargs)
+            if problem is not None:
+                raise TypeError(f"{name}(): {problem}")
+            body = self._encode(await call(kwargs))
+        except asyncio.CancelledError:
+            settle(delivery, "nack", requeue=True, what=f"call {name!r}")
+            raise
+        except Exception as exc:
+            log.info(
+                "call %r (%s) raised %s: %s", name, props.correlation_id, type(exc).__name__, exc
+            )
+            kind = "error"
+            body = self._encode_error(exc)
+        try:
+            await self.channel.publish(
+                body,
+                routing_key=props.reply_to,
+                correlation_id=props.correlation_id,
+                content_type=self.CONTENT_TYPE,
+                delivery_mode=self.DELIVERY_MODE,
+                type=kind,
+            )
+        except AMQPError as exc:
+            log.warning(
+                "reply to call %r (%s) could not be sent: %s", name, props.correlation_id, exc
+            )
+            settle(delivery, "nack", requeue=True, what=f"call {name!r}")
+            return
+        settle(delivery, "ack", what=f"call {name!r}")
+
+    def serialize_exception(self, exc: BaseException) -> dict[str, Any]:
+        """The error object sent to the caller (aio-pika's fields, plus ours)."""
+        return {
+            "error": {
+                "type": type(exc).__name__,
+                "message": repr(exc),
+                "args": list(exc.args),
+                "str": str(exc),
+                "module": type(exc).__module__,
+                "traceback": "".join(traceback.format_exception(exc)),
+            }
+        }
+
+    def _encode_error(self, exc: BaseException) -> bytes:
+        payload = self.serialize_exception(exc)
+        try:
+            return self._encode(payload)
+        except SerializationError:
+            payload["error"]["args"] = [repr(arg) for arg in exc.args]
+            return self._encode(payload)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop serving and calling: pending calls fail with
+        :class:`~leveret.exceptions.CallInterruptedError`, consumers are cancelled
+        (calls being served get ``timeout`` seconds to finish, as in
+        :meth:`unregister`), and the channel stays open for other use. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_pending("the RPC was closed")
+        for name in list(self._callees):
+            await self.unregister(name, timeout=timeout)
+        if self._reply_tag is not None:
+            tag, self._reply_tag = self._reply_tag, None
+            with contextlib.suppress(AMQPError):
+                await self.channel.cancel(tag)
+        _CHANNELS_WITH_RPC.discard(self.channel)
+        with contextlib.suppress(ValueError):
+            self.channel.close_callbacks.remove(self._on_channel_closed)

@@ -1,0 +1,334 @@
+"""Master/Worker against the real broker."""
+
+import asyncio
+import json
+import pickle
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leveret.amqp import Channel, Connection, Delivery, connect
+from leveret.exceptions import SerializationError, UnroutableError
+from leveret.patterns import Master, NackMessage, RejectMessage
+from tests.patterns.conftest import Cleanup, dead_letter_to
+from tests.support.waiting import wait_until
+
+
+async def _dead_letters(channel: Channel, queue: str) -> list[Delivery]:
+    found = []
+    while (delivery := await channel.get(queue, no_ack=True)) is not None:
+        found.append(delivery)
+    return found
+
+
+async def test_proxy_and_create_task_reach_the_worker_with_their_kwargs(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    received: list[int] = []
+    master = Master(channel)
+    await master.create_worker(cleanup.queue(unique), lambda **kw: received.append(kw["task_id"]))
+    for task_id in range(5):
+        await getattr(master.proxy, unique)(task_id=task_id)
+    for task_id in range(5, 10):
+        await master.create_task(unique, kwargs={"task_id": task_id})
+    await wait_until(lambda: len(received) == 10, 5, "ten tasks")
+    assert sorted(received) == list(range(10))
+
+
+async def test_dotted_proxy_names_become_dotted_task_names(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    seen: list[str] = []
+
+    async def build(*, report: str) -> None:
+        seen.append(report)
+
+    master = Master(channel)
+    await master.create_worker(cleanup.queue(f"{unique}.reports.build"), build)
+    await getattr(master.proxy, unique).reports.build(report="q3")
+    await wait_until(lambda: seen == ["q3"], 5, "the dotted task")
+
+
+async def test_positional_arguments_to_a_proxy_raise_type_error(channel: Channel) -> None:
+    with pytest.raises(TypeError, match="keyword arguments only"):
+        await Master(channel).proxy.anything(1, 2)
+
+
+async def test_task_nobody_consumes_raises_unroutable_at_once(
+    channel: Channel, unique: str
+) -> None:
+    with pytest.raises(UnroutableError, match=f"no queue takes task '{unique}'") as info:
+        await asyncio.wait_for(Master(channel).proxy.__getattr__(unique)(x=1), 5)
+    assert info.value.returned.routing_key == unique
+    assert channel.is_open
+
+
+async def test_tasks_are_persistent_json_with_a_message_id(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    await channel.queue_declare(cleanup.queue(unique))
+    await Master(channel).create_task(unique, kwargs={"text": "héllo", "n": 1})
+    delivery = await channel.get(unique, no_ack=True)
+    assert delivery is not None
+    assert json.loads(delivery.body) == {"text": "héllo", "n": 1}
+    assert delivery.properties.content_type == "application/json"
+    assert delivery.properties.delivery_mode == 2
+    assert delivery.properties.message_id
+
+
+async def test_task_is_acked_only_after_the_function_returns(
+    amqp_url: str, unique: str, cleanup: Cleanup
+) -> None:
+    started = asyncio.Event()
+    redelivered: list[bool] = []
+
+    async def stuck(*, n: int) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with await connect(amqp_url) as second:
+        first = await connect(amqp_url)
+        await Master(await first.channel()).create_worker(cleanup.queue(unique), stuck)
+        await Master(await first.channel()).create_task(unique, kwargs={"n": 1})
+        await asyncio.wait_for(started.wait(), 5)
+        await first.close()
+
+        async def finish(*, n: int) -> None:
+            redelivered.append(n)
+
+        await Master(await second.channel()).create_worker(unique, finish)
+        await wait_until(lambda: redelivered == [1], 5, "the unfinished task to come back")
+
+
+async def test_nack_and_reject_settle_the_task_as_the_function_asks(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    dead = cleanup.queue(unique + ".dead")
+    await channel.queue_declare(dead)
+    attempts: dict[int, int] = {}
+
+    async def task(*, n: int) -> None:
+        attempts[n] = attempts.get(n, 0) + 1
+        if n == 0:
+            raise RejectMessage(requeue=False)
+        if n == 1:
+            raise NackMessage(requeue=False)
+        if n == 2 and attempts[n] == 1:
+            raise NackMessage(requeue=True)
+        if n == 3 and attempts[n] == 1:
+            raise RejectMessage(requeue=True)
+
+    master = Master(channel)
+    await master.create_worker(cleanup.queue(unique), task, arguments=dead_letter_to(dead))
+    for n in range(4):
+        await master.create_task(unique, kwargs={"n": n})
+    await wait_until(lambda: attempts.get(2) == 2 and attempts.get(3) == 2, 5, "the requeues")
+    dead_letters = []
+    for _ in range(50):
+        dead_letters += await _dead_letters(channel, dead)
+        if len(dead_letters) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(json.loads(d.body)["n"] for d in dead_letters) == [0, 1]
+    assert attempts == {0: 1, 1: 1, 2: 2, 3: 2}
+
+
+async def test_failing_task_is_rejected_once_without_requeue_and_logged(
+    channel: Channel, unique: str, cleanup: Cleanup, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = cleanup.queue(unique + ".dead")
+    await channel.queue_declare(dead)
+    calls = 0
+
+    async def explode(*, n: int) -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError(f"bad n {n}")
+
+    master = Master(channel)
+    await master.create_worker(cleanup.queue(unique), explode, arguments=dead_letter_to(dead))
+    await master.create_task(unique, kwargs={"n": 7})
+    await wait_until(lambda: "bad n 7" in caplog.text, 5, "the failure to be logged")
+    await asyncio.sleep(0.2)  # a redelivery loop would show up as more calls by now
+    assert calls == 1
+    assert f"task '{unique}'" in caplog.text and "Traceback" in caplog.text
+    assert len(await _dead_letters(channel, dead)) == 1
+
+
+async def test_plain_functions_run_in_a_thread_pool(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    threads: list[int] = []
+    master = Master(channel)
+    await master.create_worker(
+        cleanup.queue(unique), lambda *, n: threads.append(threading.get_ident())
+    )
+    await master.create_task(unique, kwargs={"n": 1})
+    await wait_until(lambda: threads, 5, "the task")
+    assert threads[0] != threading.get_ident()
+
+
+async def test_concurrent_executions_never_exceed_the_prefetch(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    running = peak = done = 0
+
+    async def task(*, n: int) -> None:
+        nonlocal running, peak, done
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        done += 1
+
+    master = Master(channel)
+    await master.create_worker(cleanup.queue(unique), task, prefetch_count=4)
+    await asyncio.gather(*(master.create_task(unique, kwargs={"n": n}) for n in range(40)))
+    await wait_until(lambda: done == 40, 10, "forty tasks")
+    assert peak == 4
+
+
+async def test_bad_tasks_are_rejected_with_a_reason_and_good_ones_keep_flowing(
+    channel: Channel, unique: str, cleanup: Cleanup, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = cleanup.queue(unique + ".dead")
+    await channel.queue_declare(dead)
+    good: list[int] = []
+
+    async def task(*, n: int, label: str = "") -> None:
+        good.append(n)
+
+    master = Master(channel)
+    await master.create_worker(cleanup.queue(unique), task, arguments=dead_letter_to(dead))
+    bad: list[tuple[bytes, str | None, str]] = [
+        (b"{not json", "application/json", "does not decode"),
+        (b"[1, 2]", "application/json", "payload is list"),
+        (pickle.dumps({"n": 1}), "application/python-pickle", "is not accepted"),
+        (b'{"label": "x"}', "application/json", "missing argument n"),
+        (b'{"n": 1, "extra": 2}', "application/json", "unexpected argument extra"),
+        (b"\xff\xfe", None, "does not decode"),
+    ]
+    for i, (body, content_type, _) in enumerate(bad):
+        await channel.publish(body, routing_key=unique, content_type=content_type)
+        await master.create_task(unique, kwargs={"n": i})
+    await wait_until(lambda: len(good) == len(bad), 5, "the good tasks")
+    assert sorted(good) == list(range(len(bad)))
+    for _, _, reason in bad:
+        assert reason in caplog.text
+    assert caplog.text.count(f"task '{unique}'") >= len(bad)
+    dead_letters: list[Delivery] = []
+    for _ in range(50):
+        dead_letters += await _dead_letters(channel, dead)
+        if len(dead_letters) == len(bad):
+            break
+        await asyncio.sleep(0.02)
+    assert len(dead_letters) == len(bad)
+
+
+class _MakesAFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+async def test_pickle_sent_to_a_json_worker_is_never_unpickled(
+    channel: Channel, unique: str, cleanup: Cleanup, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    seen: list[Any] = []
+    master = Master(channel)
+    await master.create_worker(cleanup.queue(unique), lambda **kw: seen.append(kw))
+    await channel.publish(
+        pickle.dumps({"n": _MakesAFile(marker)}),
+        routing_key=unique,
+        content_type="application/python-pickle",
+    )
+    await master.create_task(unique, kwargs={"after": True})
+    await wait_until(lambda: seen == [{"after": True}], 5, "the task after the pickle")
+    assert not marker.exists()
+
+
+async def test_pickle_is_used_only_when_chosen(
+    connection: Connection, unique: str, cleanup: Cleanup
+) -> None:
+    received: list[Any] = []
+    master = Master(await connection.channel(), serializer="pickle")
+    assert master.CONTENT_TYPE == "application/python-pickle"
+    await master.create_worker(cleanup.queue(unique), lambda *, value: received.append(value))
+    await master.create_task(unique, kwargs={"value": {1, 2, 3}})
+    await wait_until(lambda: received == [{1, 2, 3}], 5, "the pickled set")
+    with pytest.raises(SerializationError, match="JSON"):
+        await Master(await connection.channel()).create_task(unique, kwargs={"value": {1}})
+
+
+async def test_workers_share_a_queue_round_robin(
+    amqp_url: str, unique: str, cleanup: Cleanup
+) -> None:
+    counts = {"a": 0, "b": 0}
+
+    def worker(name: str) -> Any:
+        async def run(*, n: int) -> None:
+            counts[name] += 1
+            await asyncio.sleep(0.001)
+
+        return run
+
+    async with await connect(amqp_url) as a, await connect(amqp_url) as b:
+        await Master(await a.channel()).create_worker(
+            cleanup.queue(unique), worker("a"), prefetch_count=1
+        )
+        await Master(await b.channel()).create_worker(unique, worker("b"), prefetch_count=1)
+        master = Master(await a.channel())
+        await asyncio.gather(*(master.create_task(unique, kwargs={"n": n}) for n in range(100)))
+        await wait_until(lambda: sum(counts.values()) == 100, 10, "a hundred tasks")
+    assert counts["a"] >= 30 and counts["b"] >= 30
+
+
+async def test_worker_close_lets_running_tasks_finish_and_requeues_waiting_ones(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    release = asyncio.Event()
+    finished: list[int] = []
+
+    async def task(*, n: int) -> None:
+        await release.wait()
+        finished.append(n)
+
+    master = Master(channel)
+    worker = await master.create_worker(cleanup.queue(unique), task, prefetch_count=2)
+    for n in range(6):
+        await master.create_task(unique, kwargs={"n": n})
+    await wait_until(lambda: worker.in_flight == 2, 5, "two running tasks")
+    closing = asyncio.create_task(worker.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    release.set()
+    await asyncio.wait_for(closing, 5)
+    assert sorted(finished) == [0, 1]
+    ok = await channel.queue_declare(unique, passive=True)
+    assert ok.message_count == 4
+
+
+async def test_subclass_with_its_own_serializer_round_trips(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    import msgpack
+
+    class MsgpackMaster(Master):
+        CONTENT_TYPE = "application/msgpack"
+
+        def serialize(self, data: Any) -> bytes:
+            return msgpack.dumps(data)
+
+        def deserialize(self, data: bytes) -> Any:
+            return msgpack.loads(data)
+
+    got: list[bytes] = []
+    master = MsgpackMaster(channel)
+    await master.create_worker(cleanup.queue(unique), lambda *, blob: got.append(blob))
+    await master.create_task(unique, kwargs={"blob": b"\x00\x01"})
+    await wait_until(lambda: got == [b"\x00\x01"], 5, "the msgpack task")
