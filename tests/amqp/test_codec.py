@@ -11,7 +11,7 @@ from pamqp import commands, frame
 
 from leveret.amqp import Properties
 from leveret.amqp._codec import decode_method, decode_table, encode_method_frame, encode_table
-from leveret.amqp._frames import content_frames, decode_content_header, encode_properties
+from leveret.amqp._frames import decode_content_header, encode_properties, message_frames
 from leveret.exceptions import ConfigurationError, ProtocolError
 
 
@@ -118,7 +118,7 @@ def test_properties_round_trip_all_fields() -> None:
         user_id="guest",
         app_id="leveret",
     )
-    data = content_frames(1, props.encode(), b"body", 131072)
+    data = message_frames(b"", 1, props.encode(), b"body", 131072)
     size, decoded = decode_content_header(data, 7)
     assert size == 4
     assert decoded == props
@@ -148,7 +148,7 @@ def test_too_long_short_strings_name_the_property() -> None:
 
 def test_bodies_are_split_to_fit_frame_max() -> None:
     body = bytes(range(256)) * 100
-    data = content_frames(1, b"\x00\x00", body, 4096)
+    data = message_frames(b"", 1, b"\x00\x00", body, 4096)
     assert data.count(b"\xce") >= len(body) // 4088
     pieces = []
     pos = 0

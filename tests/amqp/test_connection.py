@@ -57,7 +57,7 @@ async def test_tune_respects_what_the_client_asks(amqp_url: str) -> None:
 async def test_large_body_crosses_a_small_frame_max(amqp_url: str, unique: str) -> None:
     async with await connect(amqp_url, frame_max=4096) as conn:
         channel = await conn.channel()
-        await channel.queue_declare(unique, auto_delete=True)
+        await channel.queue_declare(unique, exclusive=True)
         body = bytes(range(256)) * 4000  # ~1 MB: 250 body frames
         await channel.publish(body, routing_key=unique)
         delivery = await channel.get(unique, no_ack=True)

@@ -460,3 +460,24 @@ async def test_broker_restart_loses_no_confirmed_publish(
             await (await consumer.channel()).queue_delete(unique)
         await publisher.close()
         await consumer.close()
+
+
+async def test_async_reconnect_and_close_callbacks_are_awaited(proxy: TCPProxy) -> None:
+    events: list[str] = []
+
+    async def on_reconnect(conn: RobustConnection) -> None:
+        await asyncio.sleep(0)
+        events.append("reconnected")
+
+    async def on_close(conn: Any, reason: BaseException | None) -> None:
+        await asyncio.sleep(0.01)
+        events.append(f"closed {reason}")
+
+    conn = await _connect(proxy.url)
+    conn.reconnect_callbacks.append(on_reconnect)
+    conn.close_callbacks.append(on_close)
+    await conn.channel()
+    proxy.reset()
+    await wait_until(lambda: events == ["reconnected"], 5, "the async reconnect callback")
+    await conn.close()
+    assert events == ["reconnected", "closed None"]

@@ -38,16 +38,17 @@ from ._frames import (
     BASIC_NACK,
     Properties,
     ack_frame,
-    content_frames,
     decode_content_header,
     decode_deliver,
     decode_tag_and_bits,
     encode_properties,
+    message_frames,
     nack_frame,
     publish_method_frame,
     reject_frame,
 )
 from ._message import Delivery, QueueDeclareOk, ReturnedMessage
+from ._tasks import TaskOwner
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -133,8 +134,9 @@ class Channel:
         self._generation = 0
         self._waiters: deque[tuple[tuple[str, ...], asyncio.Future[Method]]] = deque()
         self._consumers: dict[str, Consumer] = {}
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks = TaskOwner()
         self._publish_cache: dict[tuple[str, str, bool], bytes] = {}
+        #: Called with each :class:`ReturnedMessage` no awaiting publish claims.
         self.return_callbacks: list[ReturnCallback] = []
         self.close_callbacks: list[Callable[[Channel, BaseException | None], Any]] = []
         self._prefetch: tuple[int, int] | None = None
@@ -202,7 +204,7 @@ class Channel:
             self._abandon(f"channel {self.number} was closed by its owner")
             return
         self._flush_acks()
-        await self._cancel_tasks()
+        await self._tasks.cancel_all()
         if self._state == _OPEN:
             self._state = _CLOSING
             # If the connection goes first, the channel is gone either way.
@@ -254,7 +256,7 @@ class Channel:
             for consumer in self._consumers.values():
                 self._notify_cancel(consumer, reason)
         for callback in list(self.close_callbacks):
-            self._run_callback(callback, self, reason)
+            self._tasks.call(callback, self, reason)
 
     def _connection_lost(self, reason: BaseException, reopen: bool) -> None:
         """The transport is gone; on a robust connection wait to be reopened."""
@@ -522,12 +524,16 @@ class Channel:
         type: str | None = None,
         user_id: str | None = None,
         app_id: str | None = None,
+        confirm: bool = True,
     ) -> None:
         """Publish a message; on a confirming channel, return once the broker took it.
 
         Pass either ``properties`` or the individual property keywords.
         ``expiration`` is in milliseconds. While the broker blocks the connection
         (memory or disk alarm) or the socket buffer is full, this waits.
+        ``confirm=False`` returns as soon as the message is written, even on a
+        confirming channel; if it is ``mandatory`` and unroutable, the returned
+        message goes to :attr:`return_callbacks` instead of raising.
 
         Raises:
             PublishNackedError: the broker refused the message.
@@ -539,10 +545,12 @@ class Channel:
         if self._state != _OPEN:
             await self._ensure_open()
         connection = self._connection
-        if connection._flow_stopped:
+        protocol = connection._protocol
+        if connection._blocked is not None or (protocol is not None and protocol.write_paused):
             await connection._wait_flow()
             if self._state != _OPEN:
                 await self._ensure_open()
+            protocol = connection._protocol
         if body.__class__ is not bytes:  # the exact type is the fast path
             body = _as_bytes(body)
         if properties is None:
@@ -570,11 +578,11 @@ class Channel:
             if len(self._publish_cache) >= _PUBLISH_CACHE_SIZE:
                 self._publish_cache.clear()
             self._publish_cache[key] = method
-        protocol = connection._protocol
         assert protocol is not None
-        frames = content_frames(self.number, props, body, connection.frame_max)
-        if not self.publisher_confirms:
-            protocol.write(method)
+        frames = message_frames(method, self.number, props, body, connection.frame_max)
+        if not (self.publisher_confirms and confirm):
+            if self.publisher_confirms:
+                self._next_seq += 1  # the broker counts it; its confirm is ignored
             protocol.write(frames)
             return
         seq = self._next_seq
@@ -583,7 +591,6 @@ class Channel:
         self._unconfirmed[seq] = future
         if mandatory:
             self._mandatory[seq] = key[0], key[1], body
-        protocol.write(method)
         protocol.write(frames)
         await future
 
@@ -651,7 +658,7 @@ class Channel:
                 message.routing_key,
             )
         for callback in list(self.return_callbacks):
-            self._run_callback(callback, message)
+            self._tasks.call(callback, message)
 
     # -- consuming ----------------------------------------------------------------
 
@@ -800,8 +807,10 @@ class Channel:
             self._settled[tag] = _ACK_PENDING
             self._acks_pending.append(tag)
             if not self._ack_flush_scheduled:
+                protocol = self._connection._protocol
+                assert protocol is not None
                 self._ack_flush_scheduled = True
-                self._loop.call_soon(self._flush_acks)
+                protocol.before_flush(self._flush_acks)
             return
         self._settled[tag] = _SETTLED
         protocol = self._connection._protocol
@@ -899,13 +908,13 @@ class Channel:
                 self._generation,
                 body,
                 props,
-                delivery_tag=tag,
-                exchange=exchange,
-                routing_key=routing_key,
-                redelivered=redelivered,
-                consumer_tag=None,
-                no_ack=no_ack,
-                message_count=count,
+                tag,
+                exchange,
+                routing_key,
+                redelivered,
+                None,
+                no_ack,
+                count,
             )
             if self._get_waiter is not None and not self._get_waiter.done():
                 self._get_waiter.set_result(delivery)
@@ -931,17 +940,18 @@ class Channel:
             return
         if not no_ack:
             self._unsettled.append(tag)
+        # Positional: this line runs once per message (keywords cost twice as much).
         delivery = Delivery(
             self,
             self._generation,
             body,
             props,
-            delivery_tag=tag,
-            exchange=exchange,
-            routing_key=routing_key,
-            redelivered=redelivered,
-            consumer_tag=consumer_tag,
-            no_ack=no_ack,
+            tag,
+            exchange,
+            routing_key,
+            redelivered,
+            consumer_tag,
+            no_ack,
         )
         try:
             result = consumer.callback(delivery)
@@ -949,7 +959,7 @@ class Channel:
             log.exception("consumer %r callback failed on %r", consumer_tag, delivery)
             return
         if result is not None and isawaitable(result):
-            self._spawn(result, f"leveret consumer {consumer_tag}")
+            self._tasks.spawn(result, f"leveret consumer {consumer_tag}")
 
     def _on_other_method(self, method: Method) -> None:
         name = method.name
@@ -1028,40 +1038,11 @@ class Channel:
             error = ConsumerCancelledError(f"consumer {consumer.tag!r} stopped: {reason}")
             error.__cause__ = reason
         if consumer.on_cancel is not None:
-            self._run_callback(consumer.on_cancel, error)
+            self._tasks.call(consumer.on_cancel, error)
         elif not consumer.cancelled and not isinstance(
             reason, ChannelClosedError | ConnectionClosedError
         ):
             log.warning("%s", error)
-
-    # -- owned tasks -----------------------------------------------------------------
-
-    def _run_callback(self, callback: Callable[..., Any], *args: Any) -> None:
-        try:
-            result = callback(*args)
-        except Exception:
-            log.exception("callback %r failed", callback)
-            return
-        if result is not None and isawaitable(result):
-            self._spawn(result, f"leveret callback {callback!r}")
-
-    def _spawn(self, awaitable: Awaitable[Any], name: str) -> None:
-        task = asyncio.ensure_future(awaitable)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %r failed", task, exc_info=task.exception())
-
-    async def _cancel_tasks(self) -> None:
-        current = asyncio.current_task()
-        tasks = [task for task in self._tasks if task is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _as_bytes(body: Any) -> bytes:

@@ -33,6 +33,7 @@ from ._channel import Channel
 from ._codec import FRAME_END, FRAME_HEADER_STRUCT, Method, decode_method, encode_method_frame
 from ._codec import method_name as _method_name
 from ._protocol import FrameHandler, FrameProtocol
+from ._tasks import TaskOwner
 from ._url import DEFAULT_URL, ConnectionParameters, parse_urls
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ class Connection:
         self.frame_max = params.frame_max
         self.channel_max = params.channel_max
         self.heartbeat = 0
+        self._tasks = TaskOwner()
+        #: Called with ``(connection, reason)`` once it is closed for good (plain or async);
+        #: ``reason`` is ``None`` when its owner closed it.
         self.close_callbacks: list[CloseCallback] = []
         self.blocked_callbacks: list[Callable[[Connection, str | None], Any]] = []
 
@@ -398,10 +402,7 @@ class Connection:
                 "broker blocked publishing on %s: %s", self.params.safe_url(self.address), reason
             )
         for callback in list(self.blocked_callbacks):
-            try:
-                callback(self, reason)
-            except Exception:
-                log.exception("blocked callback %r failed", callback)
+            self._tasks.call(callback, self, reason)
 
     def writing_resumed(self) -> None:
         if self._flow_stopped:
@@ -465,11 +466,17 @@ class Connection:
             self._protocol.close()
 
     def _drop_transport(self) -> None:
-        self._handshake_done = False
-        if self._protocol is not None:
-            self._protocol.abort()
-            self._protocol = None
-        self._fail_waiters(self._close_reason or ConnectionLostError("connection dropped"))
+        """Abandon the current transport at once (a failed connect or restore).
+
+        Everything waiting on it fails as if the socket had died, but no
+        reconnect is started: the caller decides what comes next.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            self._fail_waiters(self._close_reason or ConnectionLostError("connection dropped"))
+            return
+        protocol.abort()
+        self._transport_gone_for(None)
 
     def _fail_waiters(self, reason: BaseException) -> None:
         waiters, self._waiters = self._waiters, deque()
@@ -481,6 +488,12 @@ class Connection:
         """The socket is closed: fail everything, then let the subclass react."""
         if protocol is not self._protocol:
             return  # a transport we already dropped (a failed connect attempt)
+        reason = self._transport_gone_for(exc)
+        if not self._connecting:
+            self._on_lost(reason)
+
+    def _transport_gone_for(self, exc: Exception | None) -> BaseException:
+        """Forget the transport; fail what waits on it; returns the reason."""
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
             self._heartbeat_handle = None
@@ -503,13 +516,15 @@ class Connection:
             if not waiter.done():
                 waiter.set_result(None)
         self._flow_waiters.clear()
-        self._blocked = None
+        if self._blocked is not None:
+            self._blocked = None  # a new connection starts unblocked
+            for callback in list(self.blocked_callbacks):
+                self._tasks.call(callback, self, None)
         reopen = not self._closed_by_owner and self.topology is not None
         for channel in list(self._channels.values()):
             channel._connection_lost(reason, reopen=reopen)
         self._handlers.clear()
-        if not self._connecting:
-            self._on_lost(reason)
+        return reason
 
     def _on_lost(self, reason: BaseException) -> None:
         """A plain connection is finished once its transport is gone."""
@@ -522,11 +537,10 @@ class Connection:
             channel._abandon(f"{self!r} was closed")
         self._channels.clear()
         self._closed.set_result(None)
+        if self._closed_by_owner:
+            reason = None
         for callback in list(self.close_callbacks):
-            try:
-                callback(self, reason)
-            except Exception:
-                log.exception("close callback %r failed", callback)
+            self._tasks.call(callback, self, reason)
 
     async def close(self, *, timeout: float = 5.0) -> None:
         """Close the connection: cancel owned tasks, send connection.close, wait.
@@ -538,9 +552,10 @@ class Connection:
             return
         self._closed_by_owner = True
         await self._stop_background()
+        await self._tasks.cancel_all()
         for channel in list(self._channels.values()):
             channel._flush_acks()
-            await channel._cancel_tasks()
+            await channel._tasks.cancel_all()
         protocol = self._protocol
         if protocol is not None and self._close_reason is None:
             reply = self._expect(("connection.close-ok",))
@@ -564,10 +579,11 @@ class Connection:
                     self._protocol.abort()
                 await asyncio.shield(self._transport_gone)
         self._finish(None)
+        await self._tasks.wait_all(timeout)  # async close callbacks
         log.info("closed %s", self.params.safe_url(self.address))
 
     async def _stop_background(self) -> None:
-        """Robust connections stop reconnecting here."""
+        """Robust connections stop reconnecting here (before the owned tasks are cancelled)."""
 
 
 async def connect(

@@ -307,26 +307,33 @@ def publish_method_frame(channel: int, exchange: str, routing_key: str, mandator
     return _body_frame_header.pack(1, channel, len(payload)) + payload + FRAME_END
 
 
-def content_frames(channel: int, properties: bytes, body: bytes, frame_max: int) -> bytes:
-    """The content header frame and the body frames, split to fit ``frame_max``."""
-    header = (
-        _content_header.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, len(body))
-        + properties
-        + FRAME_END
-    )
+def message_frames(
+    method: bytes, channel: int, properties: bytes, body: bytes, frame_max: int
+) -> bytes:
+    """The publish method frame, content header and body frames (split to fit
+    ``frame_max``), joined for one write."""
+    header = _content_header.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, len(body))
     chunk = frame_max - 8
     if len(body) <= chunk:
         if not body:
-            return header
+            return b"".join((method, header, properties, FRAME_END))
         return b"".join(
-            (header, _body_frame_header.pack(FRAME_BODY, channel, len(body)), body, FRAME_END)
+            (
+                method,
+                header,
+                properties,
+                FRAME_END,
+                _body_frame_header.pack(FRAME_BODY, channel, len(body)),
+                body,
+                FRAME_END,
+            )
         )
-    parts = [header]
+    parts: list[bytes | memoryview] = [method, header, properties, FRAME_END]
     view = memoryview(body)
     for start in range(0, len(body), chunk):
         piece = view[start : start + chunk]
         parts.append(_body_frame_header.pack(FRAME_BODY, channel, len(piece)))
-        parts.append(piece)  # type: ignore[arg-type]
+        parts.append(piece)
         parts.append(FRAME_END)
     return b"".join(parts)
 

@@ -41,7 +41,6 @@ class Delivery:
         generation: int,
         body: bytes,
         properties: Properties,
-        *,
         delivery_tag: int,
         exchange: str,
         routing_key: str,

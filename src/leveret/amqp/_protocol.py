@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from ..exceptions import ProtocolError
@@ -62,6 +63,7 @@ class FrameProtocol(asyncio.Protocol):
         self.write_paused = False
         self._pending = b""
         self._out: list[bytes] = []
+        self._before_flush: list[Callable[[], None]] = []
         self._flush_scheduled = False
         self._closed = False
 
@@ -76,6 +78,7 @@ class FrameProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._out.clear()
+        self._before_flush.clear()
         self.events.transport_lost(self, exc)
 
     def pause_writing(self) -> None:
@@ -134,7 +137,22 @@ class FrameProtocol(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
+    def before_flush(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` just before the next flush, so what it writes (coalesced
+        acks) goes out in the same send as everything else of this loop turn."""
+        self._before_flush.append(callback)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
+        if self._before_flush:
+            callbacks, self._before_flush = self._before_flush, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("pre-flush callback %r failed", callback)
         self._flush_scheduled = False
         if not self._out or self.transport is None or self._closed:
             self._out.clear()

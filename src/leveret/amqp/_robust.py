@@ -178,12 +178,6 @@ class RobustConnection(Connection):
         self.reconnect_callbacks: list[Callable[[RobustConnection], Any]] = []
         self.queue_renamed_callbacks: list[Callable[[str, str], Any]] = []
         self._reconnected: asyncio.Future[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task: asyncio.Task[None] = self.loop.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     def _on_lost(self, reason: BaseException) -> None:
         if self._closed_by_owner:
@@ -194,7 +188,7 @@ class RobustConnection(Connection):
         )
         if self._reconnected is None or self._reconnected.done():
             self._reconnected = self.loop.create_future()
-        self._spawn(self._reconnect(), "leveret reconnect")
+        self._tasks.spawn(self._reconnect(), "leveret reconnect")
 
     def _next_addresses(self) -> list[tuple[str, int]]:
         """All addresses, starting after the one we lost (fail over to the others)."""
@@ -234,9 +228,9 @@ class RobustConnection(Connection):
             self._reconnected.set_result(None)
         for old, new in renames.items():
             for renamed in list(self.queue_renamed_callbacks):
-                _call_quietly(renamed, old, new)
+                self._tasks.call(renamed, old, new)
         for callback in list(self.reconnect_callbacks):
-            _call_quietly(callback, self)
+            self._tasks.call(callback, self)
 
     async def _restore(self) -> dict[str, str]:
         renames = await self.topology.restore(self._scratch_channel) if self.topology else {}
@@ -253,7 +247,7 @@ class RobustConnection(Connection):
         return channel
 
     def _reopen_channel_later(self, channel: Channel) -> None:
-        self._spawn(self._reopen_channel(channel), f"leveret reopen channel {channel.number}")
+        self._tasks.spawn(self._reopen_channel(channel), f"leveret reopen channel {channel.number}")
 
     async def _reopen_channel(self, channel: Channel) -> None:
         try:
@@ -284,21 +278,10 @@ class RobustConnection(Connection):
             ) from self._close_reason
 
     async def _stop_background(self) -> None:
-        tasks = [task for task in self._background if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()  # the reconnect, and channel reopens
         if self._reconnected is not None and not self._reconnected.done():
             self._reconnected.set_exception(ConnectionClosedError(f"{self!r} was closed"))
             self._reconnected.exception()
-
-
-def _call_quietly(callback: Callable[..., Any], *args: Any) -> None:
-    try:
-        callback(*args)
-    except Exception:
-        log.exception("callback %r failed", callback)
 
 
 async def connect_robust(

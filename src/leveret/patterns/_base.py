@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
-from ..amqp import Delivery, QueueDeclareOk
+from ..amqp import Delivery, QueueDeclareOk, ReturnedMessage
 from ..exceptions import ConfigurationError, SerializationError
 from ..serializers import JSON, PICKLE, JSONSerializer, Serializer, get_serializer
 
@@ -23,6 +23,7 @@ class PatternChannel(Protocol):
     """
 
     close_callbacks: list[Callable[[Any, BaseException | None], Any]]
+    return_callbacks: list[Callable[[ReturnedMessage], Any]]
 
     @property
     def is_closed(self) -> bool:
@@ -55,6 +56,7 @@ class PatternChannel(Protocol):
         expiration: str | int | None = None,
         message_id: str | None = None,
         type: str | None = None,
+        confirm: bool = True,
     ) -> None: ...
 
     async def consume(

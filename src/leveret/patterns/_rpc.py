@@ -23,12 +23,11 @@ import weakref
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple, Self
 
-from ..amqp import Delivery
+from ..amqp import Delivery, ReturnedMessage
 from ..exceptions import (
     AMQPError,
     CallInterruptedError,
     ConfigurationError,
-    MessageReturnedError,
     RemoteError,
     SerializationError,
     UnroutableError,
@@ -143,6 +142,7 @@ class RPC(Base):
             _CHANNELS_WITH_RPC.discard(self.channel)
             raise
         self.channel.close_callbacks.append(self._on_channel_closed)
+        self.channel.return_callbacks.append(self._on_return)
 
     def register_exception(self, cls: type[Exception]) -> None:
         """Let remote exceptions named ``cls.__name__`` be re-raised as ``cls``."""
@@ -199,18 +199,15 @@ class RPC(Base):
                     expiration=None if expiration is None else max(1, round(expiration * 1000)),
                     type="call",
                     headers=None if timeout is None else {DEADLINE_HEADER: time.time() + timeout},
+                    # The reply is the confirmation that matters; an unroutable call
+                    # comes back through _on_return, which fails it at once.
+                    confirm=False,
                 )
                 return await future
         except TimeoutError:
             if deadline.expired():
                 raise TimeoutError(f"no reply to {method_name!r} within {timeout} s") from None
             raise
-        except MessageReturnedError as exc:
-            raise UnroutableError(
-                f"nobody serves {method_name!r}: no callee registered it (the broker returned "
-                f"the call: {exc.message.reply_code} {exc.message.reply_text})",
-                exc.message,
-            ) from None
         finally:
             self._pending.pop(correlation_id, None)
 
@@ -235,6 +232,20 @@ class RPC(Base):
             future.set_exception(TimeoutError(f"call to {name!r} expired in its queue"))
         else:
             future.set_result(payload)
+
+    def _on_return(self, message: ReturnedMessage) -> None:
+        entry = self._pending.pop(message.properties.correlation_id or "", None)
+        if entry is None:
+            return  # not one of our calls
+        future, name = entry
+        if not future.done():
+            future.set_exception(
+                UnroutableError(
+                    f"nobody serves {name!r}: no callee registered it (the broker returned "
+                    f"the call: {message.reply_code} {message.reply_text})",
+                    message,
+                )
+            )
 
     def _rebuild_error(self, name: str, payload: Any) -> RemoteError:
         info = payload.get("error") if isinstance(payload, dict) else None
@@ -383,6 +394,8 @@ class RPC(Base):
             kind = "error"
             body = self._encode_error(exc)
         try:
+            # Not waiting for the reply's confirm: the ack below follows the reply on
+            # this channel, so the broker has routed the reply before it forgets the call.
             await self.channel.publish(
                 body,
                 routing_key=props.reply_to,
@@ -390,6 +403,7 @@ class RPC(Base):
                 content_type=self.CONTENT_TYPE,
                 delivery_mode=self.DELIVERY_MODE,
                 type=kind,
+                confirm=False,
             )
         except AMQPError as exc:
             log.warning(
@@ -439,3 +453,5 @@ class RPC(Base):
         _CHANNELS_WITH_RPC.discard(self.channel)
         with contextlib.suppress(ValueError):
             self.channel.close_callbacks.remove(self._on_channel_closed)
+        with contextlib.suppress(ValueError):
+            self.channel.return_callbacks.remove(self._on_return)
