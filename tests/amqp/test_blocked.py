@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from leveret.amqp import connect
 from tests.support.brokers import PrivateNode
 from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.faults
 
 
 async def _set_memory_watermark(node: PrivateNode, *args: str) -> None:

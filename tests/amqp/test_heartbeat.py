@@ -17,6 +17,8 @@ from leveret.exceptions import (
 )
 from tests.support.proxy import TCPProxy
 
+pytestmark = pytest.mark.faults
+
 
 async def test_stalled_network_fails_the_connection_with_heartbeat_timeout_in_two_intervals(
     proxy: TCPProxy, unique: str

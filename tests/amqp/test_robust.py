@@ -31,6 +31,8 @@ from tests.support.proxy import TCPProxy
 from tests.support.rabbitmqctl import close_connection
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.faults
+
 
 async def _connect(url: str, **options: Any) -> RobustConnection:
     """A robust connection that retries fast, so outages in tests stay short."""
