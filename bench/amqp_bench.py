@@ -20,25 +20,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import cProfile
-import datetime
-import json
 import multiprocessing
 import os
-import platform
-import pstats
-import statistics
-import sys
 import threading
-import time
 import traceback
-import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
-from importlib import metadata
+from collections.abc import Awaitable, Callable
 from multiprocessing.synchronize import Barrier
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from _common import (
+    DEFAULT_URL,
+    Phase,
+    Profiler,
+    clock,
+    fmt,
+    fmt_ratio,
+    loadavg,
+    locate_broker,
+    machine_info,
+    median,
+    phase_numbers,
+    profiling,
+    ratio,
+    report_profile,
+    utc_now,
+    write_results,
+)
 
 if TYPE_CHECKING:  # imported where used, so --only needs just the one library
     import aiormq.abc
@@ -48,12 +55,6 @@ if TYPE_CHECKING:  # imported where used, so --only needs just the one library
 BODY: Final = b'{"task_id": 1}'
 LIBRARIES: Final = ("leveret", "aiormq")
 SCENARIOS: Final = ("same-process", "two-process")
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
-DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1:5672/"
-
-# time.monotonic() is CLOCK_MONOTONIC on Linux: one system-wide clock, so the
-# publisher's and the consumer's timestamps can be compared across processes.
-clock = time.monotonic
 
 
 # -- the two clients behind one small interface ---------------------------------------
@@ -251,173 +252,6 @@ async def warm_up(client: BenchClient, queue: str, n: int, lanes: int) -> None:
 def consume_timeout(n: int) -> float:
     """A bound so a lost message cannot hang the benchmark (not a time assertion)."""
     return max(60.0, n / 200)
-
-
-# -- machine noise ------------------------------------------------------------------------
-
-
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies from /proc/stat; (0, 0) where it is unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    total = sum(fields[:8])
-    return total - idle, total
-
-
-def find_listener_pid(port: int) -> int | None:
-    """The pid of the local process listening on ``port`` (the broker), if /proc shows it.
-
-    Read-only and best effort: it needs permission to read other processes' fds.
-    """
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    local, state, inode = fields[1], fields[3], fields[9]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{inode}]")
-        except (OSError, StopIteration, IndexError, ValueError):
-            continue
-    if not inodes:
-        return None
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    return int(entry.name)
-        except OSError:
-            continue
-    return None
-
-
-#: Set by the main process when it finds the broker; children leave it unset.
-broker_pid: int | None = None
-
-
-def _process_cpu_seconds(pid: int | None) -> float | None:
-    """utime + stime of another process, from /proc/<pid>/stat."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Phase:
-    """Wall time and CPU use over a phase: this process, the broker (when found in
-    /proc) and the whole machine (from /proc/stat)."""
-
-    def __init__(self) -> None:
-        self.start = clock()
-        self._cpu = time.process_time()
-        self._ticks = _cpu_ticks()
-        self._broker_cpu = _process_cpu_seconds(broker_pid)
-        self.seconds = 0.0
-        self.cpu_seconds = 0.0
-        self.broker_cpu_seconds: float | None = None
-        self.machine_busy_pct: float | None = None
-
-    def stop(self, end: float | None = None) -> Phase:
-        self.seconds = (end if end is not None else clock()) - self.start
-        self.cpu_seconds = time.process_time() - self._cpu
-        broker_cpu = _process_cpu_seconds(broker_pid)
-        if broker_cpu is not None and self._broker_cpu is not None:
-            self.broker_cpu_seconds = broker_cpu - self._broker_cpu
-        busy, total = _cpu_ticks()
-        if total > self._ticks[1]:
-            self.machine_busy_pct = round(
-                100.0 * (busy - self._ticks[0]) / (total - self._ticks[1]), 1
-            )
-        return self
-
-
-def phase_numbers(
-    n: int, phase: Phase, *, client_cpu_seconds: float | None = None
-) -> dict[str, Any]:
-    """Rates and CPU costs of a phase. ``client_cpu_seconds`` overrides this process's
-    CPU time (the two-process scenario passes the children's)."""
-    client_cpu = phase.cpu_seconds if client_cpu_seconds is None else client_cpu_seconds
-    numbers: dict[str, Any] = {
-        "seconds": round(phase.seconds, 4),
-        "msgs_per_s": round(n / phase.seconds) if phase.seconds > 0 else None,
-        "client_cpu_us_per_msg": round(1e6 * client_cpu / n, 1),
-    }
-    if phase.broker_cpu_seconds is not None:
-        numbers["broker_cpu_us_per_msg"] = round(1e6 * phase.broker_cpu_seconds / n, 1)
-    numbers["machine_cpu_busy_pct"] = phase.machine_busy_pct
-    if phase.machine_busy_pct is not None and phase.broker_cpu_seconds is not None:
-        # CPU the machine spent on neither this benchmark nor the broker: other
-        # people's work, the noise in these numbers (in cores, of os.cpu_count()).
-        busy_cores = phase.machine_busy_pct / 100 * (os.cpu_count() or 1)
-        ours = (client_cpu + phase.broker_cpu_seconds) / phase.seconds if phase.seconds else 0
-        numbers["other_load_cores"] = round(max(0.0, busy_cores - ours), 2)
-    return numbers
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-# -- profiling (--profile) ---------------------------------------------------------------
-
-Profiler = Callable[[str, str, cProfile.Profile], None]
-
-
-@contextlib.contextmanager
-def profiling(profile: Profiler | None, library: str, phase: str) -> Iterator[None]:
-    """Run the block under cProfile and hand the profile to ``profile``."""
-    if profile is None:
-        yield
-        return
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        yield
-    finally:
-        profiler.disable()
-        profile(library, phase, profiler)
-
-
-def report_profile(library: str, phase: str, profiler: cProfile.Profile, top: int = 12) -> None:
-    """Save the profile and print the functions with the most own time, with their share."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = RESULTS_DIR / f"profile-{library}-{phase}-{stamp}.pstats"
-    profiler.dump_stats(path)
-    stats = pstats.Stats(profiler)
-    entries: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
-    entries = stats.stats  # type: ignore[attr-defined]
-    total: float = stats.total_tt  # type: ignore[attr-defined]
-    rows = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)[:top]
-    print(f"\n{library} {phase}: {total:.3f} s profiled (cProfile), own time per function")
-    print(f"{'own %':>6} {'own s':>7} {'cum s':>7} {'calls':>9}  function")
-    for (filename, line, name), (_, calls, own, cumulative, _) in rows:
-        where = f"{_short(filename)}:{line}({name})" if line else name
-        print(f"{100 * own / total:6.1f} {own:7.3f} {cumulative:7.3f} {calls:9d}  {where}")
-    print(f"saved {path}")
-
-
-def _short(filename: str) -> str:
-    parts = Path(filename).parts
-    for anchor in ("leveret", "aiormq", "asyncio", "pamqp"):
-        if anchor in parts:
-            return "/".join(parts[parts.index(anchor) :])
-    return Path(filename).name
 
 
 # -- scenario 1: same process ------------------------------------------------------------
@@ -618,36 +452,8 @@ def _strip_times(result: dict[str, Any]) -> dict[str, Any]:
 # -- report -------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions: dict[str, str | None] = {}
-    for package in ("leveret", "aiormq", "pamqp"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "packages": versions,
-    }
-
-
 def median_of(runs: list[dict[str, Any]], phase: str, key: str = "msgs_per_s") -> float | None:
-    values = [r[phase][key] for r in runs if r[phase].get(key) is not None]
-    return statistics.median(values) if values else None
+    return median(r[phase].get(key) for r in runs)
 
 
 def summarize(report: dict[str, Any]) -> None:
@@ -671,7 +477,7 @@ def summarize(report: dict[str, Any]) -> None:
             }
         if "leveret" in summary and "aiormq" in summary:
             summary["leveret_over_aiormq"] = {
-                key: _ratio(summary["leveret"][key], summary["aiormq"][key])
+                key: ratio(summary["leveret"][key], summary["aiormq"][key])
                 for key in ("publish_msgs_per_s", "consume_msgs_per_s", "end_to_end_msgs_per_s")
             }
         scenario["summary"] = summary
@@ -716,18 +522,18 @@ def print_table(report: dict[str, Any]) -> None:
         for library, row in scenario["summary"].items():
             if library == "leveret_over_aiormq":
                 print(
-                    f"{name:<14}{'ratio':<9}{_fmt_ratio(row['publish_msgs_per_s']):>11}"
-                    f"{_fmt_ratio(row['consume_msgs_per_s']):>11}"
-                    f"{_fmt_ratio(row['end_to_end_msgs_per_s']):>14}"
+                    f"{name:<14}{'ratio':<9}{fmt_ratio(row['publish_msgs_per_s']):>11}"
+                    f"{fmt_ratio(row['consume_msgs_per_s']):>11}"
+                    f"{fmt_ratio(row['end_to_end_msgs_per_s']):>14}"
                 )
                 continue
             print(
-                f"{name:<14}{library:<9}{_fmt(row['publish_msgs_per_s']):>11}"
-                f"{_fmt(row['consume_msgs_per_s']):>11}{_fmt(row['end_to_end_msgs_per_s']):>14}"
-                f"{_fmt(row['publish_client_cpu_us_per_msg'], 1):>9}"
-                f"{_fmt(row['consume_client_cpu_us_per_msg'], 1):>9}"
-                f"{_fmt(row['broker_cpu_us_per_msg'], 1):>12}"
-                f"{_fmt(row['other_load_cores'], 2):>12}"
+                f"{name:<14}{library:<9}{fmt(row['publish_msgs_per_s']):>11}"
+                f"{fmt(row['consume_msgs_per_s']):>11}{fmt(row['end_to_end_msgs_per_s']):>14}"
+                f"{fmt(row['publish_client_cpu_us_per_msg'], 1):>9}"
+                f"{fmt(row['consume_client_cpu_us_per_msg'], 1):>9}"
+                f"{fmt(row['broker_cpu_us_per_msg'], 1):>12}"
+                f"{fmt(row['other_load_cores'], 2):>12}"
             )
     if report["rounds"] > 1:
         print("\nquietest round of each (least other load; the least noisy numbers):")
@@ -739,31 +545,18 @@ def print_table(report: dict[str, Any]) -> None:
                 print(
                     f"  {scenario['name']:<14}{library:<9}round {quiet['round']} "
                     f"(other load {quiet['other_load_cores']:.2f} cores): "
-                    f"publish {_fmt(quiet['publish_msgs_per_s'])}/s, "
-                    f"consume {_fmt(quiet['consume_msgs_per_s'])}/s, "
-                    f"end-to-end {_fmt(quiet['end_to_end_msgs_per_s'])}/s"
+                    f"publish {fmt(quiet['publish_msgs_per_s'])}/s, "
+                    f"consume {fmt(quiet['consume_msgs_per_s'])}/s, "
+                    f"end-to-end {fmt(quiet['end_to_end_msgs_per_s'])}/s"
                 )
     print()
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
 
 
 # -- main ---------------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    global broker_pid
-    broker_pid = find_listener_pid(urllib.parse.urlsplit(args.url).port or 5672)
+    broker_pid = locate_broker(args.url)
     libraries = [args.only] if args.only else list(LIBRARIES)
     scenarios = [args.scenario] if args.scenario else list(SCENARIOS)
     runners: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
@@ -771,8 +564,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "two-process": two_process,
     }
     report: dict[str, Any] = {
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "started": utc_now(),
+        "machine": machine_info(("leveret", "aiormq", "pamqp")),
         "broker_version": None,
         "url": args.url.split("@")[-1],  # no credentials in the results
         "n": args.n,
@@ -802,23 +595,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["broker_version"] = result.pop("broker_version")
                 entry["libraries"][library].append(result)
                 print(
-                    f"publish {_fmt(result['publish']['msgs_per_s'])}/s, "
-                    f"consume {_fmt(result['consume']['msgs_per_s'])}/s, "
-                    f"end-to-end {_fmt(result['end_to_end']['msgs_per_s'])}/s",
+                    f"publish {fmt(result['publish']['msgs_per_s'])}/s, "
+                    f"consume {fmt(result['consume']['msgs_per_s'])}/s, "
+                    f"end-to-end {fmt(result['end_to_end']['msgs_per_s'])}/s",
                     flush=True,
                 )
-    report["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    report["finished"] = utc_now()
     return report
-
-
-def write_results(report: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = RESULTS_DIR / f"amqp-{stamp}.json"
-    text = json.dumps(report, indent=2) + "\n"
-    path.write_text(text)
-    (RESULTS_DIR / "amqp-latest.json").write_text(text)
-    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -866,7 +649,7 @@ def main(argv: list[str] | None = None) -> None:
     summarize(report)
     print_table(report)
     if not args.no_save:
-        path = write_results(report)
+        path = write_results("amqp", report)
         print(f"results: {path} (and {path.with_name('amqp-latest.json')})")
 
 
