@@ -8,6 +8,7 @@ directory is on ``sys.path``; spawned children inherit it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import cProfile
 import datetime
@@ -19,7 +20,7 @@ import statistics
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
@@ -117,21 +118,16 @@ def memory_status(pid: int | str = "self") -> dict[str, int]:
 
 class Phase:
     """Wall time and CPU use over a phase: this process, the broker (when found in
-    /proc), the processes named in ``pids`` (e.g. spawned children, by role) and the
-    whole machine (from /proc/stat)."""
+    /proc) and the whole machine (from /proc/stat)."""
 
-    def __init__(self, pids: Mapping[str, int | None] | None = None) -> None:
+    def __init__(self) -> None:
         self.start = clock()
-        self._pids = dict(pids or {})
         self._cpu = time.process_time()
         self._ticks = cpu_ticks()
         self._broker_cpu = process_cpu_seconds(broker_pid)
-        self._pid_cpu = {role: process_cpu_seconds(pid) for role, pid in self._pids.items()}
         self.seconds = 0.0
         self.cpu_seconds = 0.0
         self.broker_cpu_seconds: float | None = None
-        #: CPU seconds of each process in ``pids`` (``None`` where /proc did not tell).
-        self.pid_cpu_seconds: dict[str, float | None] = {}
         self.machine_busy_pct: float | None = None
 
     def stop(self, end: float | None = None) -> Phase:
@@ -140,9 +136,6 @@ class Phase:
         broker_cpu = process_cpu_seconds(broker_pid)
         if broker_cpu is not None and self._broker_cpu is not None:
             self.broker_cpu_seconds = broker_cpu - self._broker_cpu
-        for role, pid in self._pids.items():
-            before, after = self._pid_cpu[role], process_cpu_seconds(pid)
-            self.pid_cpu_seconds[role] = None if before is None or after is None else after - before
         busy, total = cpu_ticks()
         if total > self._ticks[1]:
             self.machine_busy_pct = round(
@@ -179,6 +172,21 @@ def loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+async def run_lanes(n: int, lanes: int, one: Callable[[int], Awaitable[object]]) -> None:
+    """``lanes`` coroutines share a countdown of ``n`` calls of ``one(i)``, ``i`` from 0
+    to ``n - 1``, each lane awaiting its own call (pipelining without a task per call)."""
+    issued = 0
+
+    async def lane() -> None:
+        nonlocal issued
+        while issued < n:
+            i = issued
+            issued += 1
+            await one(i)
+
+    await asyncio.gather(*(lane() for _ in range(max(1, min(lanes, n)))))
 
 
 # -- machine ------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from _common import (
     profiling,
     ratio,
     report_profile,
+    run_lanes,
     utc_now,
     write_results,
 )
@@ -81,19 +82,6 @@ class BenchClient(Protocol):
     async def close(self) -> None: ...
 
 
-async def _run_lanes(n: int, lanes: int, publish_one: Callable[[], Awaitable[None]]) -> None:
-    """``lanes`` coroutines share a countdown of ``n`` publishes (no task per message)."""
-    remaining = n
-
-    async def lane() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await publish_one()
-
-    await asyncio.gather(*(lane() for _ in range(max(1, min(lanes, n)))))
-
-
 class LeveretClient:
     def __init__(
         self, connection: amqp.Connection, publisher: amqp.Channel, consumer: amqp.Channel
@@ -125,11 +113,11 @@ class LeveretClient:
     async def publish(self, queue: str, n: int, lanes: int) -> None:
         publish = self._publisher.publish
 
-        def publish_one() -> Awaitable[None]:
+        def publish_one(_: int) -> Awaitable[None]:
             result: Awaitable[None] = publish(BODY, routing_key=queue)
             return result
 
-        await _run_lanes(n, lanes, publish_one)
+        await run_lanes(n, lanes, publish_one)
 
     async def consume(self, queue: str, n: int, timeout: float) -> tuple[float, float]:
         done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -193,12 +181,12 @@ class AiormqClient:
 
         basic_publish = self._publisher.basic_publish
 
-        async def publish_one() -> None:
+        async def publish_one(_: int) -> None:
             confirmation = await basic_publish(BODY, routing_key=queue)
             if not isinstance(confirmation, Basic.Ack):
                 raise RuntimeError(f"aiormq publish not acked: {confirmation!r}")
 
-        await _run_lanes(n, lanes, publish_one)
+        await run_lanes(n, lanes, publish_one)
 
     async def consume(self, queue: str, n: int, timeout: float) -> tuple[float, float]:
         done: asyncio.Future[float] = asyncio.get_running_loop().create_future()

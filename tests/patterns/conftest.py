@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from leveret.amqp import connect
+from leveret.amqp import Channel, Delivery, connect
+from leveret.patterns import dead_letter_queue, retry_queue
 from tests.conftest import AMQP_URL
 
 
 class Cleanup:
-    """Queue names a test creates; all deleted when it ends."""
+    """Queue names a test creates; all deleted when it ends, with the dead-letter and
+    retry queues a worker may have made for them."""
 
     def __init__(self) -> None:
         self.queues: list[str] = []
@@ -27,11 +29,25 @@ async def cleanup(amqp_url: str) -> AsyncIterator[Cleanup]:
     tracker = Cleanup()
     yield tracker
     async with await connect(AMQP_URL) as conn:
+        channel = await conn.channel()
         for name in tracker.queues:
-            channel = await conn.channel()
-            await channel.queue_delete(name)
+            for queue in (
+                name,
+                dead_letter_queue(name),
+                *(retry_queue(name, n) for n in range(2, 8)),
+            ):
+                await channel.queue_delete(queue)
 
 
-def dead_letter_to(queue: str) -> dict[str, Any]:
-    """Queue arguments that dead-letter rejected messages to ``queue``."""
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
+async def dead_letters(channel: Channel, queue: str, expected: int) -> list[Delivery]:
+    """The dead letters of a task queue, once ``expected`` of them are there (5 s at most)."""
+    found: list[Delivery] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while len(found) < expected and loop.time() < deadline:
+        delivery = await channel.get(dead_letter_queue(queue), no_ack=True)
+        if delivery is None:
+            await asyncio.sleep(0.02)
+        else:
+            found.append(delivery)
+    return found

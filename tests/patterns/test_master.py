@@ -9,18 +9,13 @@ from typing import Any
 
 import pytest
 
-from leveret.amqp import Channel, Connection, Delivery, connect
-from leveret.exceptions import SerializationError, UnroutableError
-from leveret.patterns import Master, NackMessage, RejectMessage
-from tests.patterns.conftest import Cleanup, dead_letter_to
+from leveret.amqp import Channel, Connection, connect
+from leveret.exceptions import NotFoundError, SerializationError, UnroutableError
+from leveret.patterns import Master, NackMessage, RejectMessage, dead_letter_queue
+from tests.patterns.conftest import Cleanup, dead_letters
 from tests.support.waiting import wait_until
 
-
-async def _dead_letters(channel: Channel, queue: str) -> list[Delivery]:
-    found = []
-    while (delivery := await channel.get(queue, no_ack=True)) is not None:
-        found.append(delivery)
-    return found
+REASON = "x-leveret-reason"
 
 
 async def test_proxy_and_create_task_reach_the_worker_with_their_kwargs(
@@ -105,8 +100,6 @@ async def test_task_is_acked_only_after_the_function_returns(
 async def test_nack_and_reject_settle_the_task_as_the_function_asks(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
-    dead = cleanup.queue(unique + ".dead")
-    await channel.queue_declare(dead)
     attempts: dict[int, int] = {}
 
     async def task(*, n: int) -> None:
@@ -121,25 +114,19 @@ async def test_nack_and_reject_settle_the_task_as_the_function_asks(
             raise RejectMessage(requeue=True)
 
     master = Master(channel)
-    await master.create_worker(cleanup.queue(unique), task, arguments=dead_letter_to(dead))
+    await master.create_worker(cleanup.queue(unique), task)
     for n in range(4):
         await master.create_task(unique, kwargs={"n": n})
     await wait_until(lambda: attempts.get(2) == 2 and attempts.get(3) == 2, 5, "the requeues")
-    dead_letters = []
-    for _ in range(50):
-        dead_letters += await _dead_letters(channel, dead)
-        if len(dead_letters) == 2:
-            break
-        await asyncio.sleep(0.02)
-    assert sorted(json.loads(d.body)["n"] for d in dead_letters) == [0, 1]
+    dead = await dead_letters(channel, unique, 2)
+    reasons = {json.loads(d.body)["n"]: d.properties.headers[REASON] for d in dead}
+    assert reasons == {0: "rejected by the task function", 1: "nacked by the task function"}
     assert attempts == {0: 1, 1: 1, 2: 2, 3: 2}
 
 
-async def test_failing_task_is_rejected_once_without_requeue_and_logged(
+async def test_failing_task_goes_to_the_dead_letter_queue_once_with_its_error(
     channel: Channel, unique: str, cleanup: Cleanup, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dead = cleanup.queue(unique + ".dead")
-    await channel.queue_declare(dead)
     calls = 0
 
     async def explode(*, n: int) -> None:
@@ -148,13 +135,34 @@ async def test_failing_task_is_rejected_once_without_requeue_and_logged(
         raise ValueError(f"bad n {n}")
 
     master = Master(channel)
-    await master.create_worker(cleanup.queue(unique), explode, arguments=dead_letter_to(dead))
-    await master.create_task(unique, kwargs={"n": 7})
-    await wait_until(lambda: "bad n 7" in caplog.text, 5, "the failure to be logged")
-    await asyncio.sleep(0.2)  # a redelivery loop would show up as more calls by now
-    assert calls == 1
+    await master.create_worker(cleanup.queue(unique), explode)
+    await master.create_task(unique, kwargs={"n": 7}, message_id="m-7")
+    (dead,) = await dead_letters(channel, unique, 1)
+    headers = dead.properties.headers
+    assert headers[REASON] == "failed after 1 attempt"
+    assert headers["x-leveret-exception-type"] == "ValueError"
+    assert headers["x-leveret-exception-message"] == "bad n 7"
+    assert "explode" in headers["x-leveret-traceback"]
+    assert headers["x-leveret-original-routing-key"] == unique
+    assert dead.properties.message_id == "m-7" and json.loads(dead.body) == {"n": 7}
+    assert calls == 1  # acked once it was dead-lettered: it cannot come back
     assert f"task '{unique}'" in caplog.text and "Traceback" in caplog.text
-    assert len(await _dead_letters(channel, dead)) == 1
+
+
+async def test_without_a_dead_letter_queue_failed_tasks_are_rejected(
+    channel: Channel, unique: str, cleanup: Cleanup, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def explode() -> None:
+        raise RuntimeError("boom")
+
+    master = Master(channel)
+    await master.create_worker(cleanup.queue(unique), explode, dead_letter=False)
+    await master.create_task(unique)
+    await wait_until(lambda: "rejected without requeue" in caplog.text, 5, "the rejection")
+    with pytest.raises(NotFoundError):
+        await (await channel.connection.channel()).queue_declare(
+            dead_letter_queue(unique), passive=True
+        )
 
 
 async def test_plain_functions_run_in_a_thread_pool(
@@ -190,18 +198,16 @@ async def test_concurrent_executions_never_exceed_the_prefetch(
     assert peak == 4
 
 
-async def test_bad_tasks_are_rejected_with_a_reason_and_good_ones_keep_flowing(
+async def test_bad_tasks_are_dead_lettered_with_a_reason_and_good_ones_keep_flowing(
     channel: Channel, unique: str, cleanup: Cleanup, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dead = cleanup.queue(unique + ".dead")
-    await channel.queue_declare(dead)
     good: list[int] = []
 
     async def task(*, n: int, label: str = "") -> None:
         good.append(n)
 
     master = Master(channel)
-    await master.create_worker(cleanup.queue(unique), task, arguments=dead_letter_to(dead))
+    await master.create_worker(cleanup.queue(unique), task)
     bad: list[tuple[bytes, str | None, str]] = [
         (b"{not json", "application/json", "does not decode"),
         (b"[1, 2]", "application/json", "payload is list"),
@@ -215,16 +221,12 @@ async def test_bad_tasks_are_rejected_with_a_reason_and_good_ones_keep_flowing(
         await master.create_task(unique, kwargs={"n": i})
     await wait_until(lambda: len(good) == len(bad), 5, "the good tasks")
     assert sorted(good) == list(range(len(bad)))
-    for _, _, reason in bad:
+    dead = await dead_letters(channel, unique, len(bad))
+    assert [d.body for d in dead] == [body for body, _, _ in bad]
+    for delivery, (_, _, reason) in zip(dead, bad, strict=True):
+        assert reason in delivery.properties.headers[REASON]
         assert reason in caplog.text
     assert caplog.text.count(f"task '{unique}'") >= len(bad)
-    dead_letters: list[Delivery] = []
-    for _ in range(50):
-        dead_letters += await _dead_letters(channel, dead)
-        if len(dead_letters) == len(bad):
-            break
-        await asyncio.sleep(0.02)
-    assert len(dead_letters) == len(bad)
 
 
 class _MakesAFile:

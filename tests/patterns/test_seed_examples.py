@@ -30,7 +30,7 @@ import pytest
 import leveret
 from leveret.amqp import Connection, Delivery, QueueDeclareOk
 from leveret.exceptions import NotFoundError, RemoteError
-from leveret.patterns import REPLY_TO, Master
+from leveret.patterns import REPLY_TO, Master, dead_letter_queue
 from tests.patterns.conftest import Cleanup
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "examples" / "seed"
@@ -242,6 +242,7 @@ async def test_seed_master_publishes_2000_tasks_that_the_seed_worker_consumes(
 ) -> None:
     queue = "my_task_name"
     await _claim_fixed_queue(connection, queue)
+    await _claim_fixed_queue(connection, dead_letter_queue(queue))
     try:
         worker = examples("worker")
         await _wait_for_consumer(connection, queue, worker)
@@ -258,6 +259,9 @@ async def test_seed_master_publishes_2000_tasks_that_the_seed_worker_consumes(
 
         state = await _eventually(drained, 60, f"{queue!r} to drain", alive=worker)
         assert state.consumer_count == 1
+        # Rejected and nacked without requeue, each task is kept in the dead-letter queue.
+        dead = await _queue_state(connection, dead_letter_queue(queue))
+        assert dead is not None and dead.message_count == 2000
         assert worker.running, worker.describe()
         # Its print() is never reached (every task is rejected or nacked), and
         # settling tasks as the function asked is not worth a log line.
@@ -266,6 +270,7 @@ async def test_seed_master_publishes_2000_tasks_that_the_seed_worker_consumes(
         await _interrupt_and_expect_a_clean_exit(connection, worker, queue)
     finally:
         await _delete_if_left(connection, queue)
+        await _delete_if_left(connection, dead_letter_queue(queue))
 
 
 async def test_seed_rpc_caller_prints_the_2000_products_from_the_seed_callee_in_order(

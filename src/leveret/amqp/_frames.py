@@ -124,6 +124,17 @@ class Properties:
         if timestamp is not None:
             self.timestamp = _seconds(timestamp)
 
+    def replace(self, **changes: Any) -> Properties:
+        """A copy with some properties changed (``None`` removes one)."""
+        copy = Properties.__new__(Properties)
+        copy.__dict__.update(self.__dict__)
+        for name, value in Properties(**changes).__dict__.items():
+            setattr(copy, name, value)
+        for name, value in changes.items():
+            if value is None:
+                copy.__dict__.pop(name, None)
+        return copy
+
     def as_dict(self) -> dict[str, Any]:
         """The properties that are set, by name."""
         return {name: getattr(self, name) for name in _PROPERTY_NAMES if name in self.__dict__}

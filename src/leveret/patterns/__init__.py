@@ -6,15 +6,10 @@ Built on the :class:`PatternChannel` seam; JSON by default, other formats by
 
 from ..exceptions import CallInterruptedError, RemoteError, UnroutableError
 from ._base import Base, KeywordCall, PatternChannel, Proxy
-from ._master import (
-    DEFAULT_PREFETCH,
-    Master,
-    MessageProcessingError,
-    NackMessage,
-    RejectMessage,
-    Worker,
-)
+from ._master import DEFAULT_PREFETCH, Master
+from ._retry import RetryPolicy, TaskInfo, current_task, dead_letter_queue, retry_queue
 from ._rpc import DEADLINE_HEADER, REPLY_TO, RPC
+from ._worker import MessageProcessingError, NackMessage, RejectMessage, Worker
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -31,6 +26,11 @@ __all__ = [
     "Proxy",
     "RejectMessage",
     "RemoteError",
+    "RetryPolicy",
+    "TaskInfo",
     "UnroutableError",
     "Worker",
+    "current_task",
+    "dead_letter_queue",
+    "retry_queue",
 ]

@@ -5,12 +5,13 @@ hooks with their accept-list, and calling user functions with keyword arguments.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
-from ..amqp import Delivery, QueueDeclareOk, ReturnedMessage
+from ..amqp import Delivery, Properties, QueueDeclareOk, ReturnedMessage
 from ..exceptions import ConfigurationError, SerializationError
 from ..serializers import JSON, PICKLE, JSONSerializer, Serializer, get_serializer
 
@@ -47,6 +48,7 @@ class PatternChannel(Protocol):
         routing_key: str,
         exchange: str = "",
         mandatory: bool = False,
+        properties: Properties | None = None,
         content_type: str | None = None,
         headers: Mapping[str, Any] | None = None,
         delivery_mode: int | None = None,
@@ -250,7 +252,9 @@ class KeywordCall:
         if self.is_async:
             return await self.func(**kwargs)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, functools.partial(self.func, **kwargs))
+        # The thread sees the caller's context variables (current_task() works there).
+        run = functools.partial(contextvars.copy_context().run, self.func, **kwargs)
+        result = await loop.run_in_executor(None, run)
         if inspect.isawaitable(result):  # a plain function that hands back a coroutine
             result = await result
         return result

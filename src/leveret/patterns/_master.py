@@ -8,7 +8,6 @@ key, persistent, ``mandatory``, with a ``message_id``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
@@ -16,73 +15,17 @@ from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ..amqp import Delivery
-from ..exceptions import (
-    MessageReturnedError,
-    PatternError,
-    SerializationError,
-    UnroutableError,
-)
+from ..exceptions import ConfigurationError, MessageReturnedError, UnroutableError
 from ..serializers import Serializer
 from ._base import Base, KeywordCall, PatternChannel, Proxy
-from ._runner import Runner, settle
+from ._retry import RetryPolicy, dead_letter_queue
+from ._worker import Worker
 
 log = logging.getLogger("leveret.patterns")
 
 #: Unacked tasks per worker. RabbitMQ advises 100-300 for throughput; 256 keeps
 #: the broker streaming to a busy worker while bounding what a crash requeues.
 DEFAULT_PREFETCH = 256
-
-
-class MessageProcessingError(PatternError):
-    """Raised by a task function to settle its task in a particular way."""
-
-    def __init__(self, requeue: bool = False) -> None:
-        self.requeue = requeue
-        super().__init__(f"{type(self).__name__}(requeue={requeue})")
-
-
-class NackMessage(MessageProcessingError):
-    """Raise in a task function to ``basic.nack`` the task (``requeue`` as asked)."""
-
-
-class RejectMessage(MessageProcessingError):
-    """Raise in a task function to ``basic.reject`` the task (``requeue`` as asked)."""
-
-
-class Worker:
-    """A consumer of one task queue. :meth:`close` stops it gracefully."""
-
-    def __init__(
-        self, channel: PatternChannel, queue: str, consumer_tag: str, runner: Runner
-    ) -> None:
-        self.channel = channel
-        self.queue = queue
-        self.consumer_tag = consumer_tag
-        self._runner = runner
-        self._closed = False
-
-    @property
-    def in_flight(self) -> int:
-        """Tasks received by this worker and not finished yet."""
-        return self._runner.active + self._runner.waiting
-
-    async def close(self, timeout: float | None = None) -> None:
-        """Stop consuming; tasks already running finish first.
-
-        Tasks received but not started go back to the queue at once. After
-        ``timeout`` seconds the tasks still running are cancelled and requeued.
-        Idempotent.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(Exception):
-            await self.channel.cancel(self.consumer_tag)
-        await self._runner.close(timeout)
-
-    def __repr__(self) -> str:
-        return f"<Worker queue={self.queue!r} tag={self.consumer_tag!r}>"
 
 
 class Master(Base):
@@ -168,64 +111,75 @@ class Master(Base):
         exclusive: bool = False,
         auto_delete: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        retries: RetryPolicy | None = None,
+        dead_letter: bool = True,
+        queue_type: str = "classic",
+        time_limit: float | None = None,
     ) -> Worker:
         """Declare the task's queue and consume it with ``func``.
 
         ``func`` is called with the task's keyword arguments; an ``async def`` runs
         on the event loop, a plain function in the loop's thread pool. The task is
-        acked when ``func`` returns. ``raise NackMessage(requeue=...)`` or
-        ``RejectMessage(requeue=...)`` settles it that way; any other exception
-        rejects it without requeue and logs the traceback (no redelivery loop).
-        At most ``prefetch_count`` tasks run at once.
+        acked when ``func`` returns. If it raises, ``retries`` (a
+        :class:`RetryPolicy`; default: no retry, at most 5 redeliveries) decides
+        whether it runs again later; a task that will not run again goes to the
+        durable queue ``<queue_name>.dlq`` with headers that say why (unless
+        ``dead_letter=False``: then it is rejected). ``raise NackMessage(requeue=...)``
+        or ``RejectMessage(requeue=...)`` settles a task that way. At most
+        ``prefetch_count`` tasks run at once; a task running longer than
+        ``time_limit`` seconds fails with ``TimeoutError``.
+
+        ``queue_type="quorum"`` declares a replicated quorum queue (durable, with a
+        delivery limit and broker-side dead-lettering to the same ``.dlq``).
+
+        Raises:
+            ConfigurationError: the options contradict each other.
+            BrokerError: the broker refused the declaration (e.g. the queue exists
+                with other arguments: 406 PRECONDITION_FAILED).
         """
         call = KeywordCall(queue_name, func)
+        policy = retries or RetryPolicy()
+        queue_arguments = dict(arguments or {})
+        if queue_type == "quorum":
+            if exclusive or auto_delete or not durable:
+                raise ConfigurationError(
+                    f"queue {queue_name!r}: a quorum queue is durable, never exclusive or "
+                    "auto-delete"
+                )
+            queue_arguments = {
+                **_quorum_arguments(queue_name, policy, dead_letter),
+                **queue_arguments,
+            }
+        elif queue_type != "classic":
+            raise ConfigurationError(f"queue_type={queue_type!r} is not 'classic' or 'quorum'")
+        if dead_letter:
+            await self._declare_dead_letter_queue(queue_name, queue_type)
         await self.channel.queue_declare(
             queue_name,
             durable=durable,
             exclusive=exclusive,
             auto_delete=auto_delete,
-            arguments=arguments,
+            arguments=queue_arguments,
         )
-        limit = prefetch_count or self.prefetch_count
-
-        async def handle(delivery: Delivery) -> None:
-            await self._handle(call, delivery)
-
-        runner = Runner(handle, limit, f"worker {queue_name!r}")
-        tag = await self.channel.consume(queue_name, runner.push, prefetch_count=limit)
-        worker = Worker(self.channel, queue_name, tag, runner)
+        worker = Worker(
+            self,
+            call,
+            retries=policy,
+            dead_letter=dead_letter,
+            time_limit=time_limit,
+            retry_arguments={
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue_name,
+            },
+            limit=prefetch_count or self.prefetch_count,
+        )
+        await worker._start()
         self.workers.append(worker)
         return worker
 
-    async def _handle(self, call: KeywordCall, delivery: Delivery) -> None:
-        name = call.name
-        try:
-            kwargs = self._decode(delivery)
-        except SerializationError as exc:
-            _reject_bad_task(delivery, name, str(exc))
-            return
-        problem = call.check(kwargs)
-        if problem is not None:
-            _reject_bad_task(delivery, name, f"{problem} for {call.func!r}")
-            return
-        try:
-            await call(kwargs)
-        except NackMessage as exc:
-            settle(delivery, "nack", requeue=exc.requeue, what=f"task {name!r}")
-        except RejectMessage as exc:
-            settle(delivery, "reject", requeue=exc.requeue, what=f"task {name!r}")
-        except asyncio.CancelledError:
-            settle(delivery, "nack", requeue=True, what=f"task {name!r}")
-            raise
-        except Exception:
-            log.exception(
-                "task %r (message %s) failed; rejected without requeue",
-                name,
-                delivery.properties.message_id,
-            )
-            settle(delivery, "reject", what=f"task {name!r}")
-        else:
-            settle(delivery, "ack", what=f"task {name!r} finished, but")
+    async def _declare_dead_letter_queue(self, task: str, queue_type: str = "classic") -> None:
+        arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+        await self.channel.queue_declare(dead_letter_queue(task), durable=True, arguments=arguments)
 
     def _on_channel_closed(self, channel: PatternChannel, reason: BaseException | None) -> None:
         if channel.is_closed:  # a robust channel that will reopen is not closed
@@ -238,11 +192,19 @@ class Master(Base):
         await asyncio.gather(*(worker.close(timeout) for worker in workers))
 
 
-def _reject_bad_task(delivery: Delivery, name: str, reason: str) -> None:
-    log.error(
-        "task %r (message %s) rejected without requeue: %s",
-        name,
-        delivery.properties.message_id,
-        reason,
-    )
-    settle(delivery, "reject", what=f"task {name!r}")
+def _quorum_arguments(queue: str, policy: RetryPolicy, dead_letter: bool) -> dict[str, Any]:
+    """A quorum queue counts deliveries itself; past the limit it dead-letters them."""
+    arguments: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": policy.max_redeliveries,
+    }
+    if dead_letter:
+        arguments.update(
+            {
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dead_letter_queue(queue),
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
+        )
+    return arguments

@@ -31,7 +31,7 @@ class Runner:
 
     def __init__(self, handler: Handler, limit: int, name: str) -> None:
         self._handler = handler
-        self._limit = max(1, limit)
+        self.limit = max(1, limit)
         self._name = name
         self._loop = asyncio.get_running_loop()
         self._queue: deque[Delivery] = deque()
@@ -64,7 +64,7 @@ class Runner:
         if self._idle:
             self._ready += 1
             self._idle.popleft().set_result(None)
-        elif len(self._runners) < self._limit:
+        elif len(self._runners) < self.limit:
             self._ready += 1
             task = self._loop.create_task(self._run(), name=f"{self._name} runner")
             self._runners.add(task)

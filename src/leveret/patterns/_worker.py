@@ -1,0 +1,303 @@
+"""Workers: run each task of one queue, then ack, retry or dead-letter it.
+
+Outcomes of a delivery:
+
+- the function returns: ack;
+- it raises and the retry policy allows another attempt: re-publish to the
+  delay queue for that attempt (confirmed), then ack;
+- it raises for the last time, raises ``RejectMessage``/``NackMessage`` without
+  requeue, or the task cannot be decoded or does not fit the function: publish
+  to ``<task>.dlq`` with headers saying why (confirmed), then ack;
+- ``requeue=True``: the broker requeues it; the broker redelivers it and the
+  redelivery is counted (see :mod:`._retry`).
+
+Without a dead-letter queue (``dead_letter=False``) such tasks are rejected
+without requeue (dropped, or routed by the queue's own dead-letter exchange).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from ..amqp import Delivery
+from ..exceptions import AMQPError, MessageReturnedError, PatternError, SerializationError
+from ._base import KeywordCall, PatternChannel
+from ._retry import (
+    ATTEMPT_HEADER,
+    ATTEMPTS_HEADER,
+    DEAD_LETTERED_AT_HEADER,
+    DELIVERY_COUNT_HEADER,
+    EXCEPTION_MESSAGE_HEADER,
+    EXCEPTION_TYPE_HEADER,
+    ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    REASON_HEADER,
+    REDELIVERIES_HEADER,
+    TRACEBACK_HEADER,
+    RetryPolicy,
+    TaskInfo,
+    _current,
+    dead_letter_queue,
+    int_header,
+    retry_queue,
+)
+from ._runner import Runner, settle
+
+if TYPE_CHECKING:
+    from ._master import Master
+
+log = logging.getLogger("leveret.patterns")
+
+
+class MessageProcessingError(PatternError):
+    """Raised by a task function to settle its task in a particular way."""
+
+    def __init__(self, requeue: bool = False) -> None:
+        self.requeue = requeue
+        super().__init__(f"{type(self).__name__}(requeue={requeue})")
+
+
+class NackMessage(MessageProcessingError):
+    """Raise in a task function to ``basic.nack`` the task (``requeue`` as asked)."""
+
+
+class RejectMessage(MessageProcessingError):
+    """Raise in a task function to ``basic.reject`` the task (``requeue`` as asked)."""
+
+
+class Worker:
+    """A consumer of one task queue (made by :meth:`Master.create_worker`).
+
+    :meth:`close` stops it gracefully.
+    """
+
+    def __init__(
+        self,
+        master: Master,
+        call: KeywordCall,
+        *,
+        retries: RetryPolicy,
+        dead_letter: bool,
+        time_limit: float | None,
+        retry_arguments: dict[str, Any],
+        limit: int,
+    ) -> None:
+        self.master = master
+        self.channel: PatternChannel = master.channel
+        self.queue = call.name
+        self.consumer_tag = ""
+        self.retries = retries
+        self.dead_letter = dead_letter
+        self.time_limit = time_limit
+        self._call = call
+        self._retry_arguments = retry_arguments
+        self._runner = Runner(self._handle, limit, f"worker {call.name!r}")
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks received by this worker and not finished yet."""
+        return self._runner.active + self._runner.waiting
+
+    async def _start(self) -> None:
+        self.consumer_tag = await self.channel.consume(
+            self.queue, self._runner.push, prefetch_count=self._runner.limit
+        )
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop consuming; tasks already running finish first.
+
+        Tasks received but not started go back to the queue at once. After
+        ``timeout`` seconds the tasks still running are cancelled and requeued;
+        nothing is acked that did not finish. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(AMQPError):
+            await self.channel.cancel(self.consumer_tag)
+        await self._runner.close(timeout)
+
+    def __repr__(self) -> str:
+        return f"<Worker queue={self.queue!r} tag={self.consumer_tag!r}>"
+
+    # -- one delivery --------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        name = self.queue
+        headers = delivery.properties.headers
+        attempt = int_header(headers, ATTEMPT_HEADER, 1)
+        redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
+        if delivery.redelivered and not (headers and DELIVERY_COUNT_HEADER in headers):
+            # A classic queue does not count deliveries: count this one ourselves.
+            await self._redelivered(delivery, attempt, redeliveries + 1)
+            return
+        try:
+            kwargs = self.master._decode(delivery)
+        except SerializationError as exc:
+            await self._dead_letter(delivery, str(exc), attempt)
+            return
+        problem = self._call.check(kwargs)
+        if problem is not None:
+            await self._dead_letter(delivery, f"{problem} for {self._call.func!r}", attempt)
+            return
+        info = TaskInfo(name, delivery.properties.message_id, attempt, redeliveries, headers or {})
+        token = _current.set(info)
+        limit = asyncio.timeout(self.time_limit)
+        try:
+            async with limit:
+                await self._call(kwargs)
+        except MessageProcessingError as exc:
+            verb = "rejected" if isinstance(exc, RejectMessage) else "nacked"
+            if exc.requeue:
+                settle(delivery, "nack", requeue=True, what=f"task {name!r}")
+            else:  # the function's own decision: worth a note, not an error
+                await self._dead_letter(
+                    delivery, f"{verb} by the task function", attempt, level=logging.INFO
+                )
+        except asyncio.CancelledError:
+            settle(delivery, "nack", requeue=True, what=f"task {name!r}")
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and limit.expired():
+                exc = TimeoutError(f"task {name!r} ran longer than its {self.time_limit} s limit")
+            await self._failed(delivery, exc, attempt)
+        else:
+            settle(delivery, "ack", what=f"task {name!r} finished, but")
+        finally:
+            _current.reset(token)
+
+    async def _failed(self, delivery: Delivery, error: BaseException, attempt: int) -> None:
+        message_id = delivery.properties.message_id
+        if self.retries.should_retry(attempt, error):
+            delay = self.retries.delay(attempt + 1)
+            log.warning(
+                "task %r (message %s, attempt %d) failed with %s: %s; retrying in %.1f s",
+                self.queue,
+                message_id,
+                attempt,
+                type(error).__name__,
+                error,
+                delay,
+            )
+            queue = retry_queue(self.queue, attempt + 1)
+            await self._republish(
+                delivery, queue, {ATTEMPT_HEADER: attempt + 1}, expiration=max(1, int(delay * 1000))
+            )
+            return
+        log.error(
+            "task %r (message %s, attempt %d) failed",
+            self.queue,
+            message_id,
+            attempt,
+            exc_info=error,
+        )
+        await self._dead_letter(
+            delivery, f"failed after {attempt} attempt{'s' if attempt > 1 else ''}", attempt, error
+        )
+
+    async def _redelivered(self, delivery: Delivery, attempt: int, redeliveries: int) -> None:
+        if redeliveries > self.retries.max_redeliveries:
+            await self._dead_letter(
+                delivery,
+                f"redelivered {redeliveries} times (it may crash its worker, or was requeued "
+                "again and again)",
+                attempt,
+            )
+            return
+        # Back to the end of the queue, counted, so a task that kills its worker
+        # cannot come back forever.
+        await self._republish(delivery, self.queue, {REDELIVERIES_HEADER: redeliveries})
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        attempt: int,
+        error: BaseException | None = None,
+        *,
+        level: int = logging.ERROR,
+    ) -> None:
+        name = self.queue
+        if not self.dead_letter:
+            log.log(
+                level,
+                "task %r (message %s) rejected without requeue: %s",
+                name,
+                delivery.properties.message_id,
+                reason,
+            )
+            settle(delivery, "reject", what=f"task {name!r}")
+            return
+        headers: dict[str, Any] = {
+            REASON_HEADER: reason,
+            ATTEMPTS_HEADER: attempt,
+            ORIGINAL_EXCHANGE_HEADER: delivery.exchange,
+            ORIGINAL_ROUTING_KEY_HEADER: delivery.routing_key,
+            DEAD_LETTERED_AT_HEADER: int(time.time()),
+        }
+        if error is not None:
+            headers[EXCEPTION_TYPE_HEADER] = type(error).__name__
+            headers[EXCEPTION_MESSAGE_HEADER] = str(error)[:2000]
+            headers[TRACEBACK_HEADER] = "".join(traceback.format_exception(error))[-8000:]
+        log.log(
+            level,
+            "task %r (message %s) goes to %s: %s",
+            name,
+            delivery.properties.message_id,
+            dead_letter_queue(name),
+            reason,
+        )
+        await self._republish(delivery, dead_letter_queue(name), headers)
+
+    async def _republish(
+        self,
+        delivery: Delivery,
+        queue: str,
+        headers: dict[str, Any],
+        *,
+        expiration: int | None = None,
+    ) -> None:
+        """Publish a copy of the task to ``queue`` (confirmed), then ack the original.
+
+        If the copy cannot be published, the original is requeued instead: the
+        task is never acked before its copy is safe.
+        """
+        properties = delivery.properties.replace(
+            headers={**(delivery.properties.headers or {}), **headers},
+            expiration=expiration,
+        )
+        for declare_first in (False, True):
+            try:
+                if declare_first:
+                    await self._declare(queue)
+                await self.channel.publish(
+                    delivery.body, routing_key=queue, mandatory=True, properties=properties
+                )
+                break
+            except MessageReturnedError:
+                if declare_first:
+                    raise  # declared and still unroutable: a bug worth its traceback
+                continue  # the queue is not there yet (or was deleted): declare it
+            except AMQPError as exc:
+                log.warning(
+                    "task %r (message %s) could not be moved to %s (%s); requeued",
+                    self.queue,
+                    delivery.properties.message_id,
+                    queue,
+                    exc,
+                )
+                settle(delivery, "nack", requeue=True, what=f"task {self.queue!r}")
+                return
+        settle(delivery, "ack", what=f"task {self.queue!r} moved to {queue}, but")
+
+    async def _declare(self, queue: str) -> None:
+        if queue == dead_letter_queue(self.queue):
+            await self.master._declare_dead_letter_queue(self.queue)
+        else:
+            await self.channel.queue_declare(queue, durable=True, arguments=self._retry_arguments)
