@@ -17,6 +17,7 @@ import os
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -210,6 +211,7 @@ def machine_info(packages: Iterable[str]) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {
+        "leveret_commit": git_revision(),
         "hostname": platform.node(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
@@ -218,6 +220,31 @@ def machine_info(packages: Iterable[str]) -> dict[str, Any]:
         "cpu_model": cpu_model,
         "packages": versions,
     }
+
+
+def git_revision() -> str | None:
+    """The checkout's commit, with ``+dirty`` when the working tree has changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
 
 
 # -- profiling ----------------------------------------------------------------------------

@@ -507,8 +507,23 @@ async def run_case(case: Case, url: str, round_no: int) -> dict[str, Any]:
         )
         for role in (server_role, driver_role)
     }
+    # What the run declares: the task or method queue, and leveret's dead-letter
+    # queue beside a worker's queue (it stays empty unless a task fails).
+    queues = [queue]
+    if case.library == "leveret" and case.is_master:
+        from leveret.patterns import dead_letter_queue
+
+        queues.append(dead_letter_queue(queue))
     admin = await amqp.connect(url, name="patterns_bench admin")
+    left: dict[str, int] | None = None
     by_role: dict[str, dict[str, Any]] = {}
+
+    async def delete_queues() -> dict[str, int]:
+        channel = await admin.channel()
+        try:
+            return {name: await channel.queue_delete(name) for name in queues}
+        finally:
+            await channel.close()
 
     async def collect(count: int, timeout: float) -> None:
         for _ in range(count):
@@ -539,10 +554,11 @@ async def run_case(case: Case, url: str, round_no: int) -> dict[str, Any]:
         errors = {role: r["error"] for role, r in by_role.items() if "error" in r}
         if errors:
             raise RuntimeError(f"{case.key} failed: {errors}")
-        channel = await admin.channel()
-        left = await channel.queue_delete(queue)
+        for process in processes.values():  # closed their connections and exit
+            await asyncio.to_thread(process.join, 30.0)
+        left = await delete_queues()
         return summarize_run(case, by_role[server_role], by_role[driver_role], machine) | {
-            "left_in_queue": left,
+            "left_in_queues": left,
             "load_before": load_before,
             "load_after": loadavg(),
         }
@@ -553,9 +569,9 @@ async def run_case(case: Case, url: str, round_no: int) -> dict[str, Any]:
             if process.is_alive():
                 process.terminate()  # our own child, by its handle
                 await asyncio.to_thread(process.join, 5.0)
-        with contextlib.suppress(Exception):  # already deleted above when all went well
-            channel = await admin.channel()
-            await channel.queue_delete(queue)
+        if left is None:  # the run failed: clean up what may be there
+            with contextlib.suppress(Exception):
+                await delete_queues()
         await admin.close()
 
 
@@ -831,7 +847,8 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         f"tasks={report['tasks']}  calls={report['calls']}  lanes={report['lanes']}  "
         f"in flight={report['in_flight']}  warmup={report['warmup']}  "
-        f"rounds={report['rounds']}  broker RabbitMQ {report['broker_version']}"
+        f"rounds={report['rounds']}  broker RabbitMQ {report['broker_version']}  "
+        f"leveret {report['machine']['leveret_commit']}"
     )
     print(
         "(rate = tasks/s end to end or calls/s, median over rounds; producer = its confirmed "

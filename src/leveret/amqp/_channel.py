@@ -782,6 +782,10 @@ class Channel:
             return await waiter
         finally:
             self._get_waiter = None
+            if not waiter.done():
+                waiter.cancel()
+            elif not waiter.cancelled():
+                waiter.exception()  # failed with the channel; the caller got that error
 
     # -- settling deliveries -----------------------------------------------------------
 

@@ -6,9 +6,11 @@ Built on the :class:`PatternChannel` seam; JSON by default, other formats by
 
 from ..exceptions import CallInterruptedError, RemoteError, UnroutableError
 from ._base import Base, KeywordCall, PatternChannel, Proxy
+from ._deadletters import DeadLetter, list_dead_letters, replay_dead_letters
 from ._master import DEFAULT_PREFETCH, Master
 from ._retry import RetryPolicy, TaskInfo, current_task, dead_letter_queue, retry_queue
 from ._rpc import DEADLINE_HEADER, REPLY_TO, RPC
+from ._serve import serve
 from ._worker import MessageProcessingError, NackMessage, RejectMessage, Worker
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "RPC",
     "Base",
     "CallInterruptedError",
+    "DeadLetter",
     "KeywordCall",
     "Master",
     "MessageProcessingError",
@@ -32,5 +35,8 @@ __all__ = [
     "Worker",
     "current_task",
     "dead_letter_queue",
+    "list_dead_letters",
+    "replay_dead_letters",
     "retry_queue",
+    "serve",
 ]

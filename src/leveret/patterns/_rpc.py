@@ -35,7 +35,9 @@ from ..exceptions import (
 from ..serializers import Serializer
 from ._base import Base, KeywordCall, PatternChannel, Proxy
 from ._master import DEFAULT_PREFETCH
-from ._runner import Runner, settle
+from ._retry import DELIVERY_COUNT_HEADER, REDELIVERIES_HEADER, int_header
+from ._runner import Runner
+from ._settle import move, settle
 
 log = logging.getLogger("leveret.patterns")
 
@@ -62,6 +64,10 @@ def _remote_class(cls: type[Exception]) -> type[RemoteError]:
             remote = RemoteError
         _REMOTE_CLASSES[cls] = remote
     return remote
+
+
+class CallRedeliveredError(RuntimeError):
+    """Sent to the caller of a call that was redelivered too often to run again."""
 
 
 class _Callee(NamedTuple):
@@ -99,11 +105,13 @@ class RPC(Base):
         accept: Collection[str] = (),
         prefetch_count: int = DEFAULT_PREFETCH,
         exceptions: Collection[type[Exception]] = (),
+        max_redeliveries: int = 5,
     ) -> None:
         super().__init__(serializer=serializer, accept=accept)
         self.channel = channel
         self.timeout = timeout
         self.prefetch_count = prefetch_count
+        self.max_redeliveries = max_redeliveries
         self.proxy = Proxy(self.call)
         self._pending: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self._callees: dict[str, _Callee] = {}
@@ -305,25 +313,40 @@ class RPC(Base):
         exclusive: bool = False,
         auto_delete: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        queue_type: str = "classic",
     ) -> None:
         """Serve ``method_name`` with ``func`` from the queue of that name.
 
         ``func`` takes keyword arguments; an ``async def`` runs on the event loop,
         a plain function in the loop's thread pool. At most ``prefetch_count``
-        calls run at once; a call is acked once its reply is published.
+        calls run at once; a call is acked once its reply is published. A call
+        redelivered more than ``max_redeliveries`` times (it may crash its callee)
+        is answered with an error instead of being run again.
+        ``queue_type="quorum"`` declares a replicated quorum queue (durable).
 
         Raises:
-            ConfigurationError: ``method_name`` is already registered here.
+            ConfigurationError: ``method_name`` is already registered here, or the
+                queue options contradict each other.
         """
         if method_name in self._callees:
             raise ConfigurationError(f"{method_name!r} is already registered on this RPC")
         call = KeywordCall(method_name, func)
+        queue_arguments = dict(arguments or {})
+        if queue_type == "quorum":
+            if exclusive or auto_delete:
+                raise ConfigurationError(
+                    f"queue {method_name!r}: a quorum queue is never exclusive or auto-delete"
+                )
+            durable = True
+            queue_arguments = {"x-queue-type": "quorum", **queue_arguments}
+        elif queue_type != "classic":
+            raise ConfigurationError(f"queue_type={queue_type!r} is not 'classic' or 'quorum'")
         await self.channel.queue_declare(
             method_name,
             durable=durable,
             exclusive=exclusive,
             auto_delete=auto_delete,
-            arguments=arguments,
+            arguments=queue_arguments,
         )
         limit = prefetch_count or self.prefetch_count
 
@@ -377,8 +400,28 @@ class RPC(Base):
             )
             settle(delivery, "reject", what=f"call {name!r}")
             return
+        headers = props.headers or {}
+        redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
+        if DELIVERY_COUNT_HEADER in headers:  # a quorum queue counts deliveries itself
+            redeliveries = int_header(headers, DELIVERY_COUNT_HEADER, 0)
+        elif delivery.redelivered:  # a classic queue does not: count it here
+            redeliveries += 1
+            if redeliveries <= self.max_redeliveries:
+                await move(
+                    self.channel,
+                    delivery,
+                    name,
+                    {REDELIVERIES_HEADER: redeliveries},
+                    what=f"call {name!r} ({props.correlation_id})",
+                )
+                return
         kind = "result"
         try:
+            if redeliveries > self.max_redeliveries:
+                raise CallRedeliveredError(
+                    f"call {name!r} was delivered {redeliveries + 1} times without an answer "
+                    "(it may crash its callee); not running it again"
+                )
             kwargs = self._decode(delivery)
             problem = call.check(kwargs)
             if problem is not None:

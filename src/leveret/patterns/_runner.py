@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from ..amqp import Delivery
-from ..exceptions import DeliveryError
+from ._settle import settle
 
 log = logging.getLogger("leveret.patterns")
 
@@ -122,22 +122,3 @@ class Runner:
                 timeout,
             )
             await asyncio.gather(*pending, return_exceptions=True)
-
-
-def settle(delivery: Delivery, action: str, *, requeue: bool = False, what: str = "") -> None:
-    """``ack``, ``nack`` or ``reject`` a delivery unless it is settled already.
-
-    If the channel closed since the delivery arrived the broker has requeued it;
-    that is logged, not raised.
-    """
-    if delivery.settled is not None:
-        return
-    try:
-        if action == "ack":
-            delivery.ack()
-        elif action == "nack":
-            delivery.nack(requeue)
-        else:
-            delivery.reject(requeue)
-    except DeliveryError as exc:
-        log.warning("%s: %s", what or repr(delivery), exc)

@@ -25,7 +25,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from ..amqp import Delivery
-from ..exceptions import AMQPError, MessageReturnedError, PatternError, SerializationError
+from ..exceptions import AMQPError, PatternError, SerializationError
 from ._base import KeywordCall, PatternChannel
 from ._retry import (
     ATTEMPT_HEADER,
@@ -46,7 +46,8 @@ from ._retry import (
     int_header,
     retry_queue,
 )
-from ._runner import Runner, settle
+from ._runner import Runner
+from ._settle import move, settle
 
 if TYPE_CHECKING:
     from ._master import Master
@@ -263,38 +264,19 @@ class Worker:
         *,
         expiration: int | None = None,
     ) -> None:
-        """Publish a copy of the task to ``queue`` (confirmed), then ack the original.
+        async def declare() -> None:
+            await self._declare(queue)
 
-        If the copy cannot be published, the original is requeued instead: the
-        task is never acked before its copy is safe.
-        """
-        properties = delivery.properties.replace(
-            headers={**(delivery.properties.headers or {}), **headers},
+        what = f"task {self.queue!r} (message {delivery.properties.message_id})"
+        await move(
+            self.channel,
+            delivery,
+            queue,
+            headers,
             expiration=expiration,
+            declare=declare,
+            what=what,
         )
-        for declare_first in (False, True):
-            try:
-                if declare_first:
-                    await self._declare(queue)
-                await self.channel.publish(
-                    delivery.body, routing_key=queue, mandatory=True, properties=properties
-                )
-                break
-            except MessageReturnedError:
-                if declare_first:
-                    raise  # declared and still unroutable: a bug worth its traceback
-                continue  # the queue is not there yet (or was deleted): declare it
-            except AMQPError as exc:
-                log.warning(
-                    "task %r (message %s) could not be moved to %s (%s); requeued",
-                    self.queue,
-                    delivery.properties.message_id,
-                    queue,
-                    exc,
-                )
-                settle(delivery, "nack", requeue=True, what=f"task {self.queue!r}")
-                return
-        settle(delivery, "ack", what=f"task {self.queue!r} moved to {queue}, but")
 
     async def _declare(self, queue: str) -> None:
         if queue == dead_letter_queue(self.queue):
