@@ -13,6 +13,7 @@ from .amqp import (
     connect,
     connect_robust,
 )
+from .app import App
 from .exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -34,6 +35,7 @@ __all__ = [
     "RPC",
     "AMQPConnectionError",
     "AMQPError",
+    "App",
     "BrokerError",
     "Channel",
     "ConfigurationError",

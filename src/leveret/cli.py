@@ -1,15 +1,22 @@
 """The ``leveret`` command (``pip install 'leveret[cli]'``).
 
-``leveret dlq list|show|replay TASK`` looks into a task's dead-letter queue and
-sends its tasks back. The library never imports this module.
+- ``leveret demo``: a worker and a callee, a stream of tasks and calls, a summary;
+- ``leveret run module:app``: serve an :class:`~leveret.App`'s tasks and RPC methods;
+- ``leveret status module:app``: the queues an app uses, and what is in them;
+- ``leveret dlq list|show|replay TASK``: look into a dead-letter queue, send tasks back.
+
+The library never imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,10 +26,18 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     sys.exit("the leveret command needs its extra: pip install 'leveret[cli]'")
 
-from .amqp import Channel, connect
+from .amqp import Channel, connect, connect_robust
 from .amqp._url import DEFAULT_URL, parse_urls
+from .app import App
 from .exceptions import ConnectError, LeveretError, NotFoundError
-from .patterns import DeadLetter, dead_letter_queue, list_dead_letters, replay_dead_letters
+from .patterns import (
+    DeadLetter,
+    dead_letter_queue,
+    list_dead_letters,
+    replay_dead_letters,
+    retry_queue,
+    serve,
+)
 
 T = TypeVar("T")
 
@@ -31,6 +46,12 @@ url_option = click.option(
     default=lambda: os.environ.get("AMQP_URL", DEFAULT_URL),
     show_default="$AMQP_URL, else amqp://guest:guest@localhost/",
     help="The broker to talk to.",
+)
+
+
+START_RABBITMQ = (
+    "Is RabbitMQ running? Start it with `rabbitmq-server -detached` "
+    "(then `rabbitmqctl await_startup`), or point --url (or AMQP_URL) at your broker."
 )
 
 
@@ -45,8 +66,7 @@ def _run(url: str, work: Callable[[Channel], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except ConnectError as exc:
         raise click.ClickException(
-            f"{exc}\nIs RabbitMQ running? Start it with `rabbitmq-server -detached`, "
-            f"or point --url (or AMQP_URL) at your broker (now {parse_urls(url).safe_url()})."
+            f"{exc}\n{START_RABBITMQ} (now {parse_urls(url).safe_url()})"
         ) from None
     except NotFoundError as exc:
         raise click.ClickException(f"{exc.reply_text}: is the task name right?") from None
@@ -150,6 +170,156 @@ def dlq_replay(task: str, limit: int | None, message_ids: tuple[str, ...], url: 
         f"moved {moved} task{'s' if moved != 1 else ''} from {dead_letter_queue(task)} "
         f"back to {task}"
     )
+
+
+def _load_app(target: str) -> App:
+    """``package.module:attribute`` -> the App it names."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"{target!r} is not module:attribute (e.g. myapp.tasks:app)")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise click.BadParameter(f"{target!r} is {type(app).__name__}, not a leveret.App")
+    return app
+
+
+@main.command()
+@click.argument("target")
+@click.option("--processes", default=1, show_default=True, help="Worker processes to run.")
+@click.option("--prefetch", type=int, help="Tasks per worker at once (default: each task's).")
+@click.option(
+    "--shutdown-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds running tasks get to finish on SIGINT/SIGTERM.",
+)
+@url_option
+def run(
+    target: str, processes: int, prefetch: int | None, shutdown_timeout: float, url: str
+) -> None:
+    """Serve the tasks and RPC methods of TARGET (module:app) until SIGINT or SIGTERM."""
+    app = _load_app(target)
+    if processes > 1:
+        sys.exit(_run_processes(target, processes, prefetch, shutdown_timeout, url))
+    sys.exit(_serve(app, url, prefetch, shutdown_timeout))
+
+
+def _serve(app: App, url: str, prefetch: int | None, shutdown_timeout: float) -> int:
+    log = logging.getLogger("leveret.cli")
+
+    async def main() -> None:
+        async with await connect_robust(url, name=f"{app.name} worker") as connection:
+            master, rpc = await app.start(connection, prefetch_count=prefetch)
+            log.warning(
+                "serving %d tasks and %d rpc methods of %r on %s (pid %d)",
+                len(app.tasks),
+                len(app.rpcs),
+                app.name,
+                parse_urls(url).safe_url(),
+                os.getpid(),
+            )
+            await serve(master, rpc, timeout=shutdown_timeout)
+
+    try:
+        asyncio.run(main())
+    except ConnectError as exc:
+        click.echo(f"leveret run: {exc}\n{START_RABBITMQ}", err=True)
+        return 2
+    return 0
+
+
+def _run_processes(
+    target: str, processes: int, prefetch: int | None, shutdown_timeout: float, url: str
+) -> int:
+    """Run ``processes`` single-process runners; forward SIGTERM; the worst exit code."""
+    command = [
+        sys.executable,
+        "-m",
+        "leveret.cli",
+        "run",
+        target,
+        "--processes",
+        "1",
+        "--shutdown-timeout",
+        str(shutdown_timeout),
+        "--url",
+        url,
+    ]
+    if prefetch is not None:
+        command += ["--prefetch", str(prefetch)]
+    children = [subprocess.Popen(command) for _ in range(processes)]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    # Ctrl-C reaches the children from the terminal by itself; do not die before them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return max(child.wait() for child in children)
+
+
+@main.command()
+@click.argument("target")
+@url_option
+def status(target: str, url: str) -> None:
+    """Show the queues TARGET (module:app) uses: ready messages and consumers.
+
+    (AMQP does not tell how many messages are unacked; RabbitMQ's management UI does.)
+    """
+    app = _load_app(target)
+    names: list[str] = []
+    for task in app.tasks.values():
+        names.append(task.name)
+        if task.options.get("dead_letter", True):
+            names.append(dead_letter_queue(task.name))
+        policy = task.options.get("retries")
+        attempts = policy.max_attempts if policy is not None else 1
+        names += [retry_queue(task.name, n) for n in range(2, attempts + 1)]
+    names += list(app.rpcs)
+
+    async def look(channel: Channel) -> list[tuple[str, str, str]]:
+        rows = []
+        for name in names:
+            try:
+                ok = await channel.queue_declare(name, passive=True)
+                rows.append((name, f"{ok.message_count:,}", f"{ok.consumer_count}"))
+            except NotFoundError:
+                rows.append((name, "missing", ""))
+                channel = await channel.connection.channel()
+        return rows
+
+    click.echo(f"{'queue':<50} {'ready':>10} {'consumers':>10}")
+    for name, ready, consumers in _run(url, look):
+        click.echo(f"{name:<50} {ready:>10} {consumers:>10}")
+
+
+@main.command()
+@click.option("--tasks", default=10_000, show_default=True, help="Tasks to send.")
+@click.option("--calls", default=1_000, show_default=True, help="Sequential RPC calls to make.")
+@url_option
+def demo(tasks: int, calls: int, url: str) -> None:
+    """Start a worker and an RPC callee, send them tasks and calls, and show the numbers.
+
+    ``--url memory://`` runs it all in this process on the in-memory broker.
+    """
+    from rich.console import Console
+
+    from ._demo import run_demo, summary
+
+    console = Console()
+    console.print(f"leveret demo against {parse_urls(url).safe_url() if '://' in url else url}")
+    try:
+        result = asyncio.run(run_demo(url, tasks, calls, console))
+    except ConnectError as exc:
+        raise click.ClickException(f"{exc}\n{START_RABBITMQ}") from None
+    console.print(summary(result))
 
 
 if __name__ == "__main__":  # pragma: no cover
