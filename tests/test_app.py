@@ -2,9 +2,11 @@
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -47,6 +49,17 @@ def app_module(tmp_path: Path, amqp_url: str) -> tuple[Path, dict[str, str]]:
         "PYTHONPATH": str(tmp_path),
     }
     return tmp_path, env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
 def _client_app(env: dict[str, str]) -> App:
@@ -127,7 +140,18 @@ async def test_leveret_run_serves_an_app_in_several_processes_and_stops_on_sigte
     app_module: tuple[Path, dict[str, str]],
 ) -> None:
     folder, env = app_module
-    runner = _spawn(env, "run", "demoapp:app", "--processes", "2", "--url", AMQP_URL)
+    port = _free_port()
+    runner = _spawn(
+        env,
+        "run",
+        "demoapp:app",
+        "--processes",
+        "2",
+        "--url",
+        AMQP_URL,
+        "--metrics-port",
+        str(port),
+    )
     client = _client_app(env)
     queue = f"{env['APP_PREFIX']}.record"
     try:
@@ -145,6 +169,17 @@ async def test_leveret_run_serves_an_app_in_several_processes_and_stops_on_sigte
             lambda: out.exists() and len(out.read_text().splitlines()) == 100, 10, "a hundred tasks"
         )
         pids = {line.split()[0] for line in out.read_text().splitlines()}
+        received = [
+            sum(
+                float(line.rpartition(" ")[2])
+                for line in text.splitlines()
+                if line.startswith(f'leveret_tasks_received_total{{task="{queue}"}}')
+            )
+            for text in await asyncio.gather(
+                *(asyncio.to_thread(_scrape, p) for p in (port, port + 1))
+            )
+        ]
+        assert sum(received) == 100 and all(received)
         runner.send_signal(signal.SIGTERM)
         _, err = await asyncio.to_thread(runner.communicate, timeout=30)
     finally:

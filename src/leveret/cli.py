@@ -198,19 +198,37 @@ def _load_app(target: str) -> App:
     show_default=True,
     help="Seconds running tasks get to finish on SIGINT/SIGTERM.",
 )
+@click.option(
+    "--metrics-port", type=int, help="Serve Prometheus metrics here (needs leveret[metrics])."
+)
 @url_option
 def run(
-    target: str, processes: int, prefetch: int | None, shutdown_timeout: float, url: str
+    target: str,
+    processes: int,
+    prefetch: int | None,
+    shutdown_timeout: float,
+    metrics_port: int | None,
+    url: str,
 ) -> None:
-    """Serve the tasks and RPC methods of TARGET (module:app) until SIGINT or SIGTERM."""
+    """Serve the tasks and RPC methods of TARGET (module:app) until SIGINT or SIGTERM.
+
+    With --processes N, each process has its own connection; with --metrics-port P,
+    process i serves its metrics on port P+i.
+    """
     app = _load_app(target)
     if processes > 1:
-        sys.exit(_run_processes(target, processes, prefetch, shutdown_timeout, url))
-    sys.exit(_serve(app, url, prefetch, shutdown_timeout))
+        sys.exit(_run_processes(target, processes, prefetch, shutdown_timeout, metrics_port, url))
+    sys.exit(_serve(app, url, prefetch, shutdown_timeout, metrics_port))
 
 
-def _serve(app: App, url: str, prefetch: int | None, shutdown_timeout: float) -> int:
+def _serve(
+    app: App, url: str, prefetch: int | None, shutdown_timeout: float, metrics_port: int | None
+) -> int:
     log = logging.getLogger("leveret.cli")
+    if metrics_port is not None:
+        from .metrics import enable_metrics
+
+        enable_metrics(metrics_port)
 
     async def main() -> None:
         async with await connect_robust(url, name=f"{app.name} worker") as connection:
@@ -234,7 +252,12 @@ def _serve(app: App, url: str, prefetch: int | None, shutdown_timeout: float) ->
 
 
 def _run_processes(
-    target: str, processes: int, prefetch: int | None, shutdown_timeout: float, url: str
+    target: str,
+    processes: int,
+    prefetch: int | None,
+    shutdown_timeout: float,
+    metrics_port: int | None,
+    url: str,
 ) -> int:
     """Run ``processes`` single-process runners; forward SIGTERM; the worst exit code."""
     command = [
@@ -252,7 +275,12 @@ def _run_processes(
     ]
     if prefetch is not None:
         command += ["--prefetch", str(prefetch)]
-    children = [subprocess.Popen(command) for _ in range(processes)]
+    children = [
+        subprocess.Popen(
+            command if metrics_port is None else [*command, "--metrics-port", str(metrics_port + i)]
+        )
+        for i in range(processes)
+    ]
 
     def forward(signum: int, frame: object) -> None:
         for child in children:

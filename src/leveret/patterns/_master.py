@@ -17,6 +17,7 @@ from typing import Any
 
 from ..exceptions import ConfigurationError, MessageReturnedError, UnroutableError
 from ..serializers import Serializer
+from . import _observe
 from ._base import Base, KeywordCall, PatternChannel, Proxy
 from ._retry import RetryPolicy, dead_letter_queue
 from ._worker import Worker
@@ -82,6 +83,8 @@ class Master(Base):
             PublishError, ChannelClosedError: the broker did not take it.
         """
         body = self._encode(dict(kwargs))
+        if _observe.observers:
+            headers = _observe.send_headers("task", channel_name, dict(headers or {}))
         try:
             await self.channel.publish(
                 body,

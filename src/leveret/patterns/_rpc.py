@@ -33,6 +33,7 @@ from ..exceptions import (
     UnroutableError,
 )
 from ..serializers import Serializer
+from . import _observe
 from ._base import Base, KeywordCall, PatternChannel, Proxy
 from ._master import DEFAULT_PREFETCH
 from ._retry import DELIVERY_COUNT_HEADER, REDELIVERIES_HEADER, int_header
@@ -182,6 +183,25 @@ class RPC(Base):
             CallInterruptedError: the channel or the RPC closed first.
             SerializationError: the arguments or the reply cannot be encoded/decoded.
         """
+        if not _observe.observers:
+            return await self._call(method_name, kwargs, timeout, expiration, priority)
+        started = time.perf_counter()
+        try:
+            result = await self._call(method_name, kwargs, timeout, expiration, priority)
+        except BaseException as exc:
+            _observe.called(method_name, time.perf_counter() - started, exc)
+            raise
+        _observe.called(method_name, time.perf_counter() - started, None)
+        return result
+
+    async def _call(
+        self,
+        method_name: str,
+        kwargs: Mapping[str, Any] | None,
+        timeout: float | None,
+        expiration: float | None,
+        priority: int | None,
+    ) -> Any:
         if self._reply_tag is None:
             raise ConfigurationError("the RPC is not listening: create it with RPC.create()")
         if timeout is None:
@@ -190,6 +210,9 @@ class RPC(Base):
             expiration = timeout
         body = self._encode(dict(kwargs or {}))
         correlation_id = f"{self._id_prefix}.{next(self._ids)}"
+        headers = None if timeout is None else {DEADLINE_HEADER: time.time() + timeout}
+        if _observe.observers:
+            headers = _observe.send_headers("call", method_name, headers)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = (future, method_name)
         deadline = asyncio.timeout(timeout)
@@ -206,7 +229,7 @@ class RPC(Base):
                     reply_to=REPLY_TO,
                     expiration=None if expiration is None else max(1, round(expiration * 1000)),
                     type="call",
-                    headers=None if timeout is None else {DEADLINE_HEADER: time.time() + timeout},
+                    headers=headers,
                     # The reply is the confirmation that matters; an unroutable call
                     # comes back through _on_return, which fails it at once.
                     confirm=False,
@@ -379,27 +402,60 @@ class RPC(Base):
         await callee.runner.close(timeout)
 
     async def _handle_call(self, call: KeywordCall, delivery: Delivery) -> None:
+        if not _observe.observers:
+            await self._serve_call(call, delivery)
+            return
+        tokens = _observe.start("call", call.name, delivery)
+        outcome: tuple[str, BaseException | None] = (_observe.REQUEUED, None)
+        try:
+            outcome = await self._serve_call(call, delivery)
+        finally:
+            _observe.finish("call", call.name, tokens, *outcome)
+
+    def _log(self, level: int, name: str, delivery: Delivery, message: str, *args: Any) -> None:
+        """Log about one call: the line names it, and ``extra`` carries the fields."""
+        props = delivery.properties
+        log.log(
+            level,
+            f"call %r (correlation %s, message %s): {message}",
+            name,
+            props.correlation_id,
+            props.message_id,
+            *args,
+            extra={
+                "task": name,
+                "message_id": props.message_id,
+                "attempt": 1,
+                "correlation_id": props.correlation_id,
+            },
+        )
+
+    async def _serve_call(
+        self, call: KeywordCall, delivery: Delivery
+    ) -> tuple[str, BaseException | None]:
+        """Run one call, reply, settle; returns the outcome for observers."""
         props = delivery.properties
         name = call.name
         deadline = props.headers.get(DEADLINE_HEADER) if props.headers else None
         if isinstance(deadline, int | float) and time.time() > deadline:
-            log.info(
-                "call %r (%s) skipped: its caller's deadline passed %.3f s ago",
+            self._log(
+                logging.INFO,
                 name,
-                props.correlation_id,
+                delivery,
+                "skipped: its caller's deadline passed %.3f s ago",
                 time.time() - deadline,
             )
             settle(delivery, "ack", what=f"call {name!r}")
-            return
+            return _observe.SKIPPED, None
         if not props.reply_to:
-            log.error(
-                "call %r (message %s) has no reply_to, so no result can be sent; "
-                "rejected without requeue",
+            self._log(
+                logging.ERROR,
                 name,
-                props.message_id,
+                delivery,
+                "no reply_to, so no result can be sent; rejected without requeue",
             )
             settle(delivery, "reject", what=f"call {name!r}")
-            return
+            return _observe.REJECTED, None
         headers = props.headers or {}
         redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
         if DELIVERY_COUNT_HEADER in headers:  # a quorum queue counts deliveries itself
@@ -414,8 +470,9 @@ class RPC(Base):
                     {REDELIVERIES_HEADER: redeliveries},
                     what=f"call {name!r} ({props.correlation_id})",
                 )
-                return
+                return _observe.REQUEUED, None
         kind = "result"
+        error: BaseException | None = None
         try:
             if redeliveries > self.max_redeliveries:
                 raise CallRedeliveredError(
@@ -431,10 +488,9 @@ class RPC(Base):
             settle(delivery, "nack", requeue=True, what=f"call {name!r}")
             raise
         except Exception as exc:
-            log.info(
-                "call %r (%s) raised %s: %s", name, props.correlation_id, type(exc).__name__, exc
-            )
+            self._log(logging.INFO, name, delivery, "raised %s: %s", type(exc).__name__, exc)
             kind = "error"
+            error = exc
             body = self._encode_error(exc)
         try:
             # Not waiting for the reply's confirm: the ack below follows the reply on
@@ -449,12 +505,11 @@ class RPC(Base):
                 confirm=False,
             )
         except AMQPError as exc:
-            log.warning(
-                "reply to call %r (%s) could not be sent: %s", name, props.correlation_id, exc
-            )
+            self._log(logging.WARNING, name, delivery, "the reply could not be sent: %s", exc)
             settle(delivery, "nack", requeue=True, what=f"call {name!r}")
-            return
+            return _observe.REQUEUED, exc
         settle(delivery, "ack", what=f"call {name!r}")
+        return (_observe.FAILED, error) if error is not None else (_observe.SUCCEEDED, None)
 
     def serialize_exception(self, exc: BaseException) -> dict[str, Any]:
         """The error object sent to the caller (aio-pika's fields, plus ours)."""

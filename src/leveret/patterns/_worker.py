@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..amqp import Delivery
 from ..exceptions import AMQPError, PatternError, SerializationError
+from . import _observe
 from ._base import KeywordCall, PatternChannel
 from ._retry import (
     ATTEMPT_HEADER,
@@ -129,24 +130,61 @@ class Worker:
 
     # -- one delivery --------------------------------------------------------------
 
+    def _log(
+        self,
+        level: int,
+        delivery: Delivery,
+        attempt: int,
+        message: str,
+        *args: Any,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """Log about one task: the line names it, and ``extra`` carries the fields."""
+        message_id = delivery.properties.message_id
+        log.log(
+            level,
+            f"task %r (message %s, attempt %d): {message}",
+            self.queue,
+            message_id,
+            attempt,
+            *args,
+            exc_info=exc_info,
+            extra={
+                "task": self.queue,
+                "message_id": message_id,
+                "attempt": attempt,
+                "correlation_id": delivery.properties.correlation_id,
+            },
+        )
+
     async def _handle(self, delivery: Delivery) -> None:
+        if not _observe.observers:
+            await self._process(delivery)
+            return
+        tokens = _observe.start("task", self.queue, delivery)
+        outcome: tuple[str, BaseException | None] = (_observe.REQUEUED, None)
+        try:
+            outcome = await self._process(delivery)
+        finally:
+            _observe.finish("task", self.queue, tokens, *outcome)
+
+    async def _process(self, delivery: Delivery) -> tuple[str, BaseException | None]:
+        """Run one task and settle it; returns the outcome for observers."""
         name = self.queue
         headers = delivery.properties.headers
         attempt = int_header(headers, ATTEMPT_HEADER, 1)
         redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
         if delivery.redelivered and not (headers and DELIVERY_COUNT_HEADER in headers):
             # A classic queue does not count deliveries: count this one ourselves.
-            await self._redelivered(delivery, attempt, redeliveries + 1)
-            return
+            return await self._redelivered(delivery, attempt, redeliveries + 1), None
         try:
             kwargs = self.master._decode(delivery)
         except SerializationError as exc:
-            await self._dead_letter(delivery, str(exc), attempt)
-            return
+            return await self._dead_letter(delivery, str(exc), attempt), exc
         problem = self._call.check(kwargs)
         if problem is not None:
-            await self._dead_letter(delivery, f"{problem} for {self._call.func!r}", attempt)
-            return
+            reason = f"{problem} for {self._call.func!r}"
+            return await self._dead_letter(delivery, reason, attempt), None
         info = TaskInfo(name, delivery.properties.message_id, attempt, redeliveries, headers or {})
         token = _current.set(info)
         limit = asyncio.timeout(self.time_limit)
@@ -154,34 +192,33 @@ class Worker:
             async with limit:
                 await self._call(kwargs)
         except MessageProcessingError as exc:
-            verb = "rejected" if isinstance(exc, RejectMessage) else "nacked"
             if exc.requeue:
                 settle(delivery, "nack", requeue=True, what=f"task {name!r}")
-            else:  # the function's own decision: worth a note, not an error
-                await self._dead_letter(
-                    delivery, f"{verb} by the task function", attempt, level=logging.INFO
-                )
+                return _observe.REQUEUED, exc
+            verb = "rejected" if isinstance(exc, RejectMessage) else "nacked"
+            # The function's own decision: worth a note, not an error.
+            reason = f"{verb} by the task function"
+            return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), exc
         except asyncio.CancelledError:
             settle(delivery, "nack", requeue=True, what=f"task {name!r}")
             raise
         except Exception as exc:
             if isinstance(exc, TimeoutError) and limit.expired():
                 exc = TimeoutError(f"task {name!r} ran longer than its {self.time_limit} s limit")
-            await self._failed(delivery, exc, attempt)
-        else:
-            settle(delivery, "ack", what=f"task {name!r} finished, but")
+            return await self._failed(delivery, exc, attempt), exc
         finally:
             _current.reset(token)
+        settle(delivery, "ack", what=f"task {name!r} finished, but")
+        return _observe.SUCCEEDED, None
 
-    async def _failed(self, delivery: Delivery, error: BaseException, attempt: int) -> None:
-        message_id = delivery.properties.message_id
+    async def _failed(self, delivery: Delivery, error: BaseException, attempt: int) -> str:
         if self.retries.should_retry(attempt, error):
             delay = self.retries.delay(attempt + 1)
-            log.warning(
-                "task %r (message %s, attempt %d) failed with %s: %s; retrying in %.1f s",
-                self.queue,
-                message_id,
+            self._log(
+                logging.WARNING,
+                delivery,
                 attempt,
+                "failed with %s: %s; retrying in %.1f s",
                 type(error).__name__,
                 error,
                 delay,
@@ -190,30 +227,24 @@ class Worker:
             await self._republish(
                 delivery, queue, {ATTEMPT_HEADER: attempt + 1}, expiration=max(1, int(delay * 1000))
             )
-            return
-        log.error(
-            "task %r (message %s, attempt %d) failed",
-            self.queue,
-            message_id,
-            attempt,
-            exc_info=error,
-        )
-        await self._dead_letter(
-            delivery, f"failed after {attempt} attempt{'s' if attempt > 1 else ''}", attempt, error
-        )
+            return _observe.RETRIED
+        self._log(logging.ERROR, delivery, attempt, "failed", exc_info=error)
+        reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
+        await self._dead_letter(delivery, reason, attempt, error)
+        return _observe.FAILED
 
-    async def _redelivered(self, delivery: Delivery, attempt: int, redeliveries: int) -> None:
+    async def _redelivered(self, delivery: Delivery, attempt: int, redeliveries: int) -> str:
         if redeliveries > self.retries.max_redeliveries:
-            await self._dead_letter(
+            return await self._dead_letter(
                 delivery,
                 f"redelivered {redeliveries} times (it may crash its worker, or was requeued "
                 "again and again)",
                 attempt,
             )
-            return
         # Back to the end of the queue, counted, so a task that kills its worker
         # cannot come back forever.
         await self._republish(delivery, self.queue, {REDELIVERIES_HEADER: redeliveries})
+        return _observe.REQUEUED
 
     async def _dead_letter(
         self,
@@ -223,18 +254,12 @@ class Worker:
         error: BaseException | None = None,
         *,
         level: int = logging.ERROR,
-    ) -> None:
+    ) -> str:
         name = self.queue
         if not self.dead_letter:
-            log.log(
-                level,
-                "task %r (message %s) rejected without requeue: %s",
-                name,
-                delivery.properties.message_id,
-                reason,
-            )
+            self._log(level, delivery, attempt, "rejected without requeue: %s", reason)
             settle(delivery, "reject", what=f"task {name!r}")
-            return
+            return _observe.REJECTED
         headers: dict[str, Any] = {
             REASON_HEADER: reason,
             ATTEMPTS_HEADER: attempt,
@@ -246,15 +271,9 @@ class Worker:
             headers[EXCEPTION_TYPE_HEADER] = type(error).__name__
             headers[EXCEPTION_MESSAGE_HEADER] = str(error)[:2000]
             headers[TRACEBACK_HEADER] = "".join(traceback.format_exception(error))[-8000:]
-        log.log(
-            level,
-            "task %r (message %s) goes to %s: %s",
-            name,
-            delivery.properties.message_id,
-            dead_letter_queue(name),
-            reason,
-        )
+        self._log(level, delivery, attempt, "goes to %s: %s", dead_letter_queue(name), reason)
         await self._republish(delivery, dead_letter_queue(name), headers)
+        return _observe.DEAD_LETTERED
 
     async def _republish(
         self,
