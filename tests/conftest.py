@@ -20,6 +20,9 @@ from leveret.amqp import Channel, Connection, connect
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
+# tests/testing/test_pytest_plugin.py runs user test files in a sub-session.
+pytest_plugins = ["pytester"]
+
 
 class _AsyncioLeakDetector(logging.Handler):
     """Collects asyncio's reports of leaked tasks and unretrieved exceptions."""

@@ -268,3 +268,37 @@ def test_a_target_that_is_not_an_app_is_refused(
     )
     assert result.returncode == 2
     assert "not a leveret.App" in result.stderr
+
+
+def test_leveret_demo_runs_on_the_in_memory_broker_without_rabbitmq() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leveret.cli",
+            "demo",
+            "--tasks",
+            "500",
+            "--calls",
+            "50",
+            "--url",
+            "memory://",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "500 / 500" in result.stdout
+
+
+async def test_connect_and_connect_robust_reach_the_in_memory_broker() -> None:
+    from leveret import connect_robust
+    from leveret.patterns import RPC
+
+    async with await connect("memory://app-test") as serving:
+        callee = await RPC.create(await serving.channel())
+        await callee.register("double", lambda *, x: 2 * x)
+        async with await connect_robust("memory://app-test") as client:
+            caller = await RPC.create(await client.channel())
+            assert await caller.call("double", {"x": 21}) == 42

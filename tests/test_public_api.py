@@ -6,7 +6,9 @@ import inspect
 import pytest
 
 
-@pytest.mark.parametrize("package", ["leveret", "leveret.amqp", "leveret.patterns"])
+@pytest.mark.parametrize(
+    "package", ["leveret", "leveret.amqp", "leveret.patterns", "leveret.testing"]
+)
 def test_all_lists_every_public_name_the_facade_imports(package: str) -> None:
     module = importlib.import_module(package)
     exported = set(module.__all__)

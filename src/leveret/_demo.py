@@ -10,6 +10,7 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -52,6 +53,8 @@ class _Rate(ProgressColumn):
 
 async def run_demo(url: str, tasks: int, calls: int, console: Console) -> DemoResult:
     """Serve ``demo.resize`` and ``demo.multiply``; send ``tasks`` tasks and ``calls`` calls."""
+    if url == "memory://":
+        url = "memory://leveret-demo"  # both connections must reach the same broker
     result = DemoResult()
     done = asyncio.Event()
 
@@ -95,11 +98,18 @@ async def run_demo(url: str, tasks: int, calls: int, console: Console) -> DemoRe
                     result.tasks_sent += 1
 
             producers = asyncio.gather(*(produce(lane) for lane in range(min(64, tasks))))
-            while not (producers.done() and done.is_set()):
-                progress.update(sent_bar, completed=result.tasks_sent)
-                progress.update(done_bar, completed=result.tasks_done)
-                await asyncio.sleep(0.1)
-            await producers
+            finished: asyncio.Future[Any] = asyncio.ensure_future(done.wait())
+            try:
+                while not (producers.done() and finished.done()):
+                    waiting: list[asyncio.Future[Any]] = [producers, finished]
+                    await asyncio.wait(waiting, timeout=0.1)
+                    if producers.done() and producers.exception() is not None:
+                        break  # a send failed: say so below rather than wait forever
+                    progress.update(sent_bar, completed=result.tasks_sent)
+                    progress.update(done_bar, completed=result.tasks_done)
+                await producers
+            finally:
+                finished.cancel()
             result.task_seconds = time.perf_counter() - started
             progress.update(sent_bar, completed=result.tasks_sent)
             progress.update(done_bar, completed=result.tasks_done)

@@ -55,6 +55,11 @@ START_RABBITMQ = (
 )
 
 
+def _shown(url: str) -> str:
+    """The URL as it may be shown: the password masked."""
+    return url if url.startswith("memory://") else parse_urls(url).safe_url()
+
+
 def _run(url: str, work: Callable[[Channel], Awaitable[T]]) -> T:
     """Connect, run ``work`` on a channel, and turn failures into clear exits."""
 
@@ -65,9 +70,7 @@ def _run(url: str, work: Callable[[Channel], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except ConnectError as exc:
-        raise click.ClickException(
-            f"{exc}\n{START_RABBITMQ} (now {parse_urls(url).safe_url()})"
-        ) from None
+        raise click.ClickException(f"{exc}\n{START_RABBITMQ} (now {_shown(url)})") from None
     except NotFoundError as exc:
         raise click.ClickException(f"{exc.reply_text}: is the task name right?") from None
     except LeveretError as exc:
@@ -342,7 +345,7 @@ def demo(tasks: int, calls: int, url: str) -> None:
     from ._demo import run_demo, summary
 
     console = Console()
-    console.print(f"leveret demo against {parse_urls(url).safe_url() if '://' in url else url}")
+    console.print(f"leveret demo against {_shown(url)}")
     try:
         result = asyncio.run(run_demo(url, tasks, calls, console))
     except ConnectError as exc:

@@ -88,6 +88,27 @@ class PickleSerializer(Serializer):
         return pickle.loads(data)  # only on receivers that opted into pickle
 
 
+def media_type(content_type: str | None) -> str | None:
+    """The content type to match against an accept-list.
+
+    Media types are case-insensitive and a ``charset=utf-8`` parameter changes
+    nothing for these formats: ``"Application/JSON; charset=UTF-8"`` is
+    ``"application/json"``. Any other parameter (``compression=gzip``) names a
+    different encoding and is kept, so it does not match.
+    """
+    if content_type is None:
+        return None
+    base, _, parameters = content_type.partition(";")
+    normalized = base.strip().lower()
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.strip().partition("=")
+        if parameter.strip() and not (
+            name.strip().lower() == "charset" and value.strip().strip('"').lower() == "utf-8"
+        ):
+            return content_type.strip().lower()
+    return normalized
+
+
 _BY_NAME: dict[str, type[Serializer]] = {
     "json": JSONSerializer,
     JSON: JSONSerializer,
@@ -124,4 +145,5 @@ __all__ = [
     "PickleSerializer",
     "Serializer",
     "get_serializer",
+    "media_type",
 ]

@@ -1,15 +1,69 @@
-"""Fixtures for the pattern tests: queues cleaned up afterwards, a dead-letter setup."""
+"""Fixtures for the pattern tests: one broker per test, queues cleaned up afterwards.
+
+Every test that uses a connection runs twice: on the shared RabbitMQ (id
+``rabbitmq``) and on a fresh in-memory broker of its own (id ``memory``), so the
+two brokers cannot drift apart. Tests that need the real thing (subprocesses,
+the CLI, aio-pika, sockets) are marked ``rabbitmq_only`` and run once.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from leveret.amqp import Channel, Delivery, connect
 from leveret.patterns import dead_letter_queue, retry_queue
+from leveret.testing import MemoryBroker
 from tests.conftest import AMQP_URL
+
+BROKERS = ("rabbitmq", "memory")
+
+ConnectBroker = Callable[[], Awaitable[Any]]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that talks to a broker on both, unless it is ``rabbitmq_only``."""
+    if "broker_kind" in metafunc.fixturenames:
+        only_real = metafunc.definition.get_closest_marker("rabbitmq_only") is not None
+        kinds = ["rabbitmq"] if only_real else list(BROKERS)
+        metafunc.parametrize("broker_kind", kinds, indirect=True)
+
+
+@pytest.fixture
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """``"rabbitmq"`` or ``"memory"``: which broker this run of the test talks to."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+async def connect_broker(
+    broker_kind: str, request: pytest.FixtureRequest
+) -> AsyncIterator[ConnectBroker]:
+    """Opens further connections to this test's broker; all closed after the test."""
+    opened: list[Any] = []
+    memory = MemoryBroker() if broker_kind == "memory" else None
+    url = AMQP_URL if memory else request.getfixturevalue("amqp_url")  # skips without RabbitMQ
+
+    async def open_connection() -> Any:
+        connection = await (memory.connect() if memory else connect(url, name="leveret-tests"))
+        opened.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in opened:
+        await connection.close()
+    if memory is not None:
+        await memory.close()
+
+
+@pytest.fixture
+async def connection(connect_broker: ConnectBroker) -> Any:
+    """A connection to this test's broker (RabbitMQ, or the test's in-memory one)."""
+    return await connect_broker()
 
 
 class Cleanup:
@@ -25,9 +79,11 @@ class Cleanup:
 
 
 @pytest.fixture
-async def cleanup(amqp_url: str) -> AsyncIterator[Cleanup]:
+async def cleanup(broker_kind: str) -> AsyncIterator[Cleanup]:
     tracker = Cleanup()
     yield tracker
+    if broker_kind != "rabbitmq":
+        return  # the in-memory broker goes with the test
     async with await connect(AMQP_URL) as conn:
         channel = await conn.channel()
         for name in tracker.queues:

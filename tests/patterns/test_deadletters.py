@@ -99,6 +99,7 @@ async def test_replaying_when_no_worker_listens_raises_and_keeps_the_dead_letter
     assert len(await list_dead_letters(channel, unique)) == 1
 
 
+# The CLI runs in a subprocess: it can only reach the real broker.
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "leveret.cli", *args, "--url", AMQP_URL],
@@ -108,6 +109,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.rabbitmq_only
 async def test_the_dlq_command_lists_shows_and_replays(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
@@ -127,7 +129,10 @@ async def test_the_dlq_command_lists_shows_and_replays(
     assert await list_dead_letters(channel, unique) == []
 
 
-async def test_the_dlq_command_names_a_missing_queue_and_an_unreachable_broker() -> None:
+@pytest.mark.rabbitmq_only
+async def test_the_dlq_command_names_a_missing_queue_and_an_unreachable_broker(
+    amqp_url: str,  # skips (or fails under CI) without RabbitMQ, like the other tests
+) -> None:
     missing = await asyncio.to_thread(_cli, "dlq", "list", "no-such-task-anywhere")
     assert missing.returncode == 1
     assert "no queue 'no-such-task-anywhere.dlq'" in missing.stderr

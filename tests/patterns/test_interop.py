@@ -20,6 +20,9 @@ from leveret.exceptions import RemoteError
 from leveret.patterns import RPC, Master
 from tests.patterns.conftest import Cleanup
 
+# aio-pika speaks AMQP over a socket: only the real broker can serve both sides.
+pytestmark = pytest.mark.rabbitmq_only
+
 TASKS = [{"task_id": 1, "text": "h\u00e9llo"}, {"task_id": 2, "items": [1, 2.5, None]}]
 
 

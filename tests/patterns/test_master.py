@@ -1,4 +1,4 @@
-"""Master/Worker against the real broker."""
+"""Master/Worker, on RabbitMQ and on the in-memory broker."""
 
 import asyncio
 import json
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from leveret.amqp import Channel, Connection, connect
+from leveret.amqp import Channel, Connection
 from leveret.exceptions import NotFoundError, SerializationError, UnroutableError
 from leveret.patterns import Master, NackMessage, RejectMessage, dead_letter_queue
-from tests.patterns.conftest import Cleanup, dead_letters
+from tests.patterns.conftest import Cleanup, ConnectBroker, dead_letters
 from tests.support.waiting import wait_until
 
 REASON = "x-leveret-reason"
@@ -74,7 +74,7 @@ async def test_tasks_are_persistent_json_with_a_message_id(
 
 
 async def test_task_is_acked_only_after_the_function_returns(
-    amqp_url: str, unique: str, cleanup: Cleanup
+    connect_broker: ConnectBroker, unique: str, cleanup: Cleanup
 ) -> None:
     started = asyncio.Event()
     redelivered: list[bool] = []
@@ -83,8 +83,8 @@ async def test_task_is_acked_only_after_the_function_returns(
         started.set()
         await asyncio.Event().wait()
 
-    async with await connect(amqp_url) as second:
-        first = await connect(amqp_url)
+    async with await connect_broker() as second:
+        first = await connect_broker()
         await Master(await first.channel()).create_worker(cleanup.queue(unique), stuck)
         await Master(await first.channel()).create_task(unique, kwargs={"n": 1})
         await asyncio.wait_for(started.wait(), 5)
@@ -268,7 +268,7 @@ async def test_pickle_is_used_only_when_chosen(
 
 
 async def test_workers_share_a_queue_round_robin(
-    amqp_url: str, unique: str, cleanup: Cleanup
+    connect_broker: ConnectBroker, unique: str, cleanup: Cleanup
 ) -> None:
     counts = {"a": 0, "b": 0}
 
@@ -279,7 +279,7 @@ async def test_workers_share_a_queue_round_robin(
 
         return run
 
-    async with await connect(amqp_url) as a, await connect(amqp_url) as b:
+    async with await connect_broker() as a, await connect_broker() as b:
         await Master(await a.channel()).create_worker(
             cleanup.queue(unique), worker("a"), prefetch_count=1
         )
@@ -334,3 +334,15 @@ async def test_subclass_with_its_own_serializer_round_trips(
     await master.create_worker(cleanup.queue(unique), lambda *, blob: got.append(blob))
     await master.create_task(unique, kwargs={"blob": b"\x00\x01"})
     await wait_until(lambda: got == [b"\x00\x01"], 5, "the msgpack task")
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "Application/JSON", "application/json; charset=UTF-8"]
+)
+async def test_json_content_types_are_matched_as_media_types(
+    channel: Channel, unique: str, cleanup: Cleanup, content_type: str
+) -> None:
+    seen: list[int] = []
+    await Master(channel).create_worker(cleanup.queue(unique), lambda *, n: seen.append(n))
+    await channel.publish(b'{"n": 1}', routing_key=unique, content_type=content_type)
+    await wait_until(lambda: seen == [1], 5, "the task")

@@ -1,4 +1,4 @@
-"""RPC over direct reply-to against the real broker."""
+"""RPC over direct reply-to, on RabbitMQ and on the in-memory broker."""
 
 import asyncio
 import logging
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from leveret.amqp import Channel, Connection, connect
+from leveret.amqp import Channel, Connection
 from leveret.exceptions import (
     CallInterruptedError,
     ConfigurationError,
@@ -15,7 +15,7 @@ from leveret.exceptions import (
     UnroutableError,
 )
 from leveret.patterns import RPC
-from tests.patterns.conftest import Cleanup
+from tests.patterns.conftest import Cleanup, ConnectBroker
 from tests.support.waiting import wait_until
 
 
@@ -28,9 +28,9 @@ async def multiply(*, x: int, y: int) -> int:
 
 
 @pytest.fixture
-async def callee(amqp_url: str) -> Any:
+async def callee(connect_broker: ConnectBroker) -> Any:
     """An RPC on a connection of its own, closed after the test."""
-    conn = await connect(amqp_url)
+    conn = await connect_broker()
     rpc = await RPC.create(await conn.channel())
     yield rpc
     await rpc.close(timeout=1)

@@ -33,6 +33,9 @@ from leveret.exceptions import NotFoundError, RemoteError
 from leveret.patterns import REPLY_TO, Master, dead_letter_queue
 from tests.patterns.conftest import Cleanup
 
+# The examples run as subprocesses that connect to the real broker.
+pytestmark = pytest.mark.rabbitmq_only
+
 SEED_DIR = Path(__file__).resolve().parents[2] / "examples" / "seed"
 ORIGINALS_DIR = Path("/work/shared/seed/examples")
 SEED_FILES = ("master.py", "msgpack_extending.py", "rpc_callee.py", "rpc_caller.py", "worker.py")

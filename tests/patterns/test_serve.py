@@ -15,6 +15,9 @@ from tests.conftest import AMQP_URL
 from tests.patterns.conftest import Cleanup
 from tests.support.waiting import wait_until
 
+# Workers run in subprocesses (signals): they can only reach the real broker.
+pytestmark = pytest.mark.rabbitmq_only
+
 WORKER = textwrap.dedent(
     """
     import asyncio, sys

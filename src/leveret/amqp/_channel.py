@@ -540,7 +540,8 @@ class Channel:
             MessageReturnedError: ``mandatory`` and no queue took it (attached).
             PublishNotConfirmedError: the channel closed before the confirm.
             ChannelClosedError: the channel is closed (or did not reopen in time).
-            ConfigurationError: a property is invalid.
+            ConfigurationError: a property is invalid, or the properties do not
+                fit in one frame; nothing was sent.
         """
         if self._state != _OPEN:
             await self._ensure_open()

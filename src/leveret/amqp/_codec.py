@@ -2,9 +2,15 @@
 
 Field tables follow RabbitMQ's reading of the spec (its errata): ``s`` is a
 signed 16-bit integer, ``x`` a byte array, ``u``/``i`` the unsigned 16/32-bit
-integers. Python values map as: ``bool`` -> ``t``, ``int`` -> ``I`` or ``l``,
-``float`` -> ``d``, ``str`` -> ``S``, ``bytes`` -> ``x``, ``Decimal`` -> ``D``,
-``datetime`` -> ``T``, mappings -> ``F``, lists and tuples -> ``A``, ``None`` -> ``V``.
+integers. Python values map as: ``bool`` -> ``t``, ``int`` -> ``I`` or ``l``
+(``L`` from 2**63 up), ``float`` -> ``d``, ``str`` -> ``S``, ``bytes`` -> ``x``,
+``Decimal`` -> ``D``, ``datetime`` -> ``T``, mappings -> ``F``, lists and tuples ->
+``A``, ``None`` -> ``V``.
+
+Decoding never fails on a value RabbitMQ let through, because a message that
+cannot be decoded would take down the connection of every consumer it reaches: a
+timestamp past what ``datetime`` holds decodes as its number of seconds, and
+tables and arrays nested deeper than :data:`MAX_DEPTH` as their encoded bytes.
 
 Methods off the hot path (handshake, declares, qos, close ...) are encoded and
 decoded generically from :data:`METHODS`; the per-message ones (publish,
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -40,6 +47,10 @@ _f32 = struct.Struct(">f")
 _f64 = struct.Struct(">d")
 
 FieldTable = Mapping[str, Any]
+
+#: Tables and arrays nested deeper than this decode as their encoded bytes
+#: (length prefix included): decoding recurses, and Python's stack is finite.
+MAX_DEPTH = 100
 
 
 def encode_shortstr(value: str, what: str = "short string") -> bytes:
@@ -86,10 +97,15 @@ def encode_field_value(value: Any) -> bytes:
             return b"I" + _i32.pack(value)
         if -(2**63) <= value < 2**63:
             return b"l" + _i64.pack(value)
+        if 0 <= value < 2**64:  # what an ``L`` decodes to must encode again
+            return b"L" + _u64.pack(value)
         raise ConfigurationError(f"integer {value} does not fit in 64 bits")
     if isinstance(value, str):
         return b"S" + encode_longstr(value)
     if isinstance(value, float):
+        if not math.isfinite(value):
+            # RabbitMQ cannot hold them and closes the whole connection (541).
+            raise ConfigurationError(f"{value} cannot be sent: RabbitMQ refuses NaN or infinity")
         return b"d" + _f64.pack(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return b"x" + encode_longstr(bytes(value))
@@ -105,16 +121,23 @@ def encode_field_value(value: Any) -> bytes:
         if not isinstance(exponent, int) or not -255 <= exponent <= 0:
             raise ConfigurationError(f"decimal {value} cannot be encoded (scale 0..255 only)")
         unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+        if not -(2**31) <= unscaled < 2**31:
+            raise ConfigurationError(f"decimal {value} has more digits than 32 bits hold")
         return b"D" + _u8.pack(-exponent) + _i32.pack(unscaled)
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)
-        return b"T" + _u64.pack(int(value.timestamp()))
+        seconds = int(value.timestamp())
+        if seconds < 0:
+            raise ConfigurationError(f"timestamp {value} is before 1970 (AMQP's are unsigned)")
+        return b"T" + _u64.pack(seconds)
     raise ConfigurationError(f"{type(value).__name__} values cannot go in an AMQP field table")
 
 
-def decode_table(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
+def decode_table(buf: bytes, offset: int, depth: int = 0) -> tuple[dict[str, Any], int]:
     """Decode a field table at ``offset``; returns it and the offset after it.
+
+    ``depth`` is how deep this table is nested in another (see :data:`MAX_DEPTH`).
 
     Raises:
         ProtocolError: the bytes are not a well-formed field table.
@@ -129,7 +152,7 @@ def decode_table(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
         while offset < end:
             size = buf[offset]
             key = buf[offset + 1 : offset + 1 + size].decode("utf-8", "replace")
-            table[key], offset = _decode_value(buf, offset + 1 + size)
+            table[key], offset = _decode_value(buf, offset + 1 + size, depth)
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"malformed field table: {exc}") from None
     if offset != end:
@@ -137,7 +160,7 @@ def decode_table(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
     return table, end
 
 
-def _decode_value(buf: bytes, offset: int) -> tuple[Any, int]:
+def _decode_value(buf: bytes, offset: int, depth: int) -> tuple[Any, int]:
     kind = buf[offset]
     offset += 1
     if kind == 0x53:  # S
@@ -153,15 +176,21 @@ def _decode_value(buf: bytes, offset: int) -> tuple[Any, int]:
         return _i32.unpack_from(buf, offset)[0], offset + 4
     if kind == 0x74:  # t
         return buf[offset] != 0, offset + 1
+    if kind in (0x46, 0x41) and depth >= MAX_DEPTH:  # F or A, too deep to recurse into
+        (size,) = _u32.unpack_from(buf, offset)
+        raw = bytes(buf[offset : offset + 4 + size])
+        if len(raw) != 4 + size:
+            raise ProtocolError("nested value runs past the end of its table")
+        return raw, offset + 4 + size
     if kind == 0x46:  # F
-        return decode_table(buf, offset)
+        return decode_table(buf, offset, depth + 1)
     if kind == 0x41:  # A
         (size,) = _u32.unpack_from(buf, offset)
         offset += 4
         end = offset + size
         items = []
         while offset < end:
-            item, offset = _decode_value(buf, offset)
+            item, offset = _decode_value(buf, offset, depth + 1)
             items.append(item)
         if offset != end:
             raise ProtocolError("field array length does not match its contents")
@@ -180,7 +209,10 @@ def _decode_value(buf: bytes, offset: int) -> tuple[Any, int]:
         return None, offset
     if kind == 0x54:  # T
         seconds = _u64.unpack_from(buf, offset)[0]
-        return datetime.datetime.fromtimestamp(seconds, datetime.UTC), offset + 8
+        try:
+            return datetime.datetime.fromtimestamp(seconds, datetime.UTC), offset + 8
+        except (ValueError, OverflowError, OSError):  # past the year 9999 or time_t
+            return seconds, offset + 8
     if kind == 0x44:  # D
         scale = buf[offset]
         unscaled = _i32.unpack_from(buf, offset + 1)[0]

@@ -15,7 +15,7 @@ import ssl
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..exceptions import (
     AMQPError,
@@ -606,13 +606,16 @@ async def connect(
     ``auth_mechanism`` (``PLAIN`` or ``EXTERNAL``), ``cafile``, ``certfile`` and
     ``keyfile``; the keyword arguments of the same names override them.
     ``client_properties`` are sent to the broker (``connection_name`` shows in
-    its management UI).
+    its management UI). ``memory://`` (or ``memory://name``) connects to the
+    in-memory broker of :mod:`leveret.testing` instead.
 
     Raises:
         ConfigurationError: the URL or an option is invalid.
         ConnectError: no broker address could be reached, or the handshake failed.
         AuthenticationError: the broker refused the credentials.
     """
+    if isinstance(url, str) and url.startswith("memory://"):
+        return await _connect_memory(url, name)
     params = parse_urls(
         url,
         heartbeat=heartbeat,
@@ -625,3 +628,16 @@ async def connect(
     connection = Connection(params, client_properties=client_properties, ssl_context=ssl_context)
     await connection._connect()
     return connection
+
+
+async def _connect_memory(url: str, name: str | None) -> Connection:
+    """The in-memory broker's connection, for ``memory://`` URLs.
+
+    It offers what the patterns use (channels, ``close``, ``async with``), not
+    every feature of a real connection; typed as one so that code written for
+    RabbitMQ runs on it unchanged.
+    """
+    # Imported here: leveret.testing builds on leveret.amqp and leveret.patterns.
+    from ..testing import connect_memory
+
+    return cast(Connection, await connect_memory(url, name=name))

@@ -12,6 +12,7 @@ import datetime
 import struct
 from typing import Any
 
+from ..exceptions import ConfigurationError
 from ._codec import (
     FRAME_BODY,
     FRAME_END,
@@ -322,9 +323,19 @@ def message_frames(
     method: bytes, channel: int, properties: bytes, body: bytes, frame_max: int
 ) -> bytes:
     """The publish method frame, content header and body frames (split to fit
-    ``frame_max``), joined for one write."""
-    header = _content_header.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, len(body))
+    ``frame_max``), joined for one write.
+
+    Raises:
+        ConfigurationError: the properties do not fit in one frame (the content
+            header cannot be split, and the broker would close the connection).
+    """
     chunk = frame_max - 8
+    if 12 + len(properties) > chunk:
+        raise ConfigurationError(
+            f"the message's properties are {len(properties)} bytes (mostly headers?) and do "
+            f"not fit in one frame of {frame_max} bytes"
+        )
+    header = _content_header.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, len(body))
     if len(body) <= chunk:
         if not body:
             return b"".join((method, header, properties, FRAME_END))

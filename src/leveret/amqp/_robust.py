@@ -16,11 +16,11 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..exceptions import AMQPError, BrokerError, ConnectionClosedError, ConnectionLostError
 from ._channel import Channel
-from ._connection import Connection
+from ._connection import Connection, _connect_memory
 from ._url import DEFAULT_URL, ConnectionParameters, parse_urls
 
 log = logging.getLogger("leveret.amqp")
@@ -105,7 +105,9 @@ async def _restore_channel(channel: Channel, renames: Mapping[str, str]) -> None
     """Reopen a channel and restart its consumers (with the qos each started under).
 
     A consumer the broker refuses (its queue is gone) is dropped and its owner
-    told through ``on_cancel``; the channel is reopened for the others.
+    told through ``on_cancel``; the channel is reopened for the others. If the
+    connection goes meanwhile (even closed by the broker with a reply code) this
+    raises and keeps every consumer, for the next reconnect to restore.
     """
     while True:
         await channel._open()
@@ -136,10 +138,16 @@ async def _restore_channel(channel: Channel, renames: Mapping[str, str]) -> None
                 try:
                     await channel._start_consumer(consumer)
                 except BrokerError as exc:
-                    channel._consumers.pop(consumer.tag, None)
-                    channel._notify_cancel(consumer, exc)
+                    # A connection.close (a node shutting down: 320, or crashing the
+                    # channel: 541) fails this wait too, but says nothing about the
+                    # queue: dropping the consumer then would stop it for good.
+                    if exc.scope == "channel":
+                        channel._consumers.pop(consumer.tag, None)
+                        channel._notify_cancel(consumer, exc)
                     raise
-        except BrokerError:
+        except BrokerError as exc:
+            if exc.scope != "channel":
+                raise
             continue
         if channel._prefetch is not None and channel._prefetch != current:
             count, size = channel._prefetch
@@ -311,6 +319,8 @@ async def connect_robust(
         ConnectError: the first connection could not be made (no retry then:
             a wrong address should fail fast).
     """
+    if isinstance(url, str) and url.startswith("memory://"):
+        return cast(RobustConnection, await _connect_memory(url, name))
     params = parse_urls(
         url,
         heartbeat=heartbeat,

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ..amqp import Delivery, Properties, QueueDeclareOk, ReturnedMessage
 from ..exceptions import ConfigurationError, SerializationError
-from ..serializers import JSON, PICKLE, JSONSerializer, Serializer, get_serializer
+from ..serializers import JSON, PICKLE, JSONSerializer, Serializer, get_serializer, media_type
 
 
 class PatternChannel(Protocol):
@@ -72,6 +72,12 @@ class PatternChannel(Protocol):
     ) -> str: ...
 
     async def cancel(self, consumer_tag: str) -> None: ...
+
+
+class GetChannel(PatternChannel, Protocol):
+    """The seam plus ``basic.get``, for the dead-letter tools."""
+
+    async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None: ...
 
 
 class Method:
@@ -179,12 +185,11 @@ class Base:
                 does not decode; the message says which.
         """
         content_type = delivery.properties.content_type
+        media = media_type(content_type)
         try:
-            if content_type == self.CONTENT_TYPE or (
-                content_type is None and self.CONTENT_TYPE != PICKLE
-            ):
+            if media == self.CONTENT_TYPE or (content_type is None and self.CONTENT_TYPE != PICKLE):
                 return self.deserialize(delivery.body)
-            serializer = self._accept.get(content_type or "")
+            serializer = self._accept.get(media or "")
             if serializer is not None:
                 return serializer.loads(delivery.body)
         except Exception as exc:
@@ -195,6 +200,16 @@ class Base:
         raise SerializationError(
             f"content type {content_type!r} is not accepted (accepts {accepted})"
         )
+
+
+def _listed(names: Collection[Any], limit: int = 10) -> str:
+    """Some names, sorted and shortened: the reason goes into a log line and a header,
+    and a task with 20,000 argument names (or one of a megabyte) must not make
+    either unbounded (a header too big for one frame cannot be sent at all).
+    """
+    shown = [name if len(name) <= 60 else f"{name[:57]}..." for name in sorted(map(str, names))]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more
 
 
 class KeywordCall:
@@ -240,12 +255,13 @@ class KeywordCall:
         names = kwargs.keys()
         missing = self.required - names
         if missing:
-            return f"missing argument{'s' if len(missing) > 1 else ''} {', '.join(sorted(missing))}"
+            return f"missing argument{'s' if len(missing) > 1 else ''} {_listed(missing)}"
         if not self.takes_any:
             unexpected = names - self.required - self.optional
             if unexpected:
-                listed = ", ".join(sorted(map(str, unexpected)))
-                return f"unexpected argument{'s' if len(unexpected) > 1 else ''} {listed}"
+                return (
+                    f"unexpected argument{'s' if len(unexpected) > 1 else ''} {_listed(unexpected)}"
+                )
         return None
 
     async def __call__(self, kwargs: dict[str, Any]) -> Any:

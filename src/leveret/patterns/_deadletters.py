@@ -13,12 +13,14 @@ import datetime
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from ..amqp import Channel, Delivery, Properties
+from ..amqp import Delivery, Properties
 from ..exceptions import MessageReturnedError, UnroutableError
+from ._base import GetChannel
 from ._retry import (
     ATTEMPTS_HEADER,
     DEAD_LETTER_HEADERS,
     DEAD_LETTERED_AT_HEADER,
+    DELIVERY_COUNT_HEADER,
     EXCEPTION_MESSAGE_HEADER,
     EXCEPTION_TYPE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
@@ -86,7 +88,9 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else repr(value)
 
 
-async def list_dead_letters(channel: Channel, task: str, *, limit: int = 100) -> list[DeadLetter]:
+async def list_dead_letters(
+    channel: GetChannel, task: str, *, limit: int = 100
+) -> list[DeadLetter]:
     """The oldest ``limit`` dead letters of ``task``; they stay in the queue, in order.
 
     Raises:
@@ -106,7 +110,7 @@ async def list_dead_letters(channel: Channel, task: str, *, limit: int = 100) ->
 
 
 async def replay_dead_letters(
-    channel: Channel,
+    channel: GetChannel,
     task: str,
     *,
     limit: int | None = None,
@@ -160,6 +164,9 @@ def _fresh_headers(delivery: Delivery) -> dict[str, Any] | None:
         key: value
         for key, value in (delivery.properties.headers or {}).items()
         if key not in DEAD_LETTER_HEADERS
+        # The broker's own bookkeeping: a replayed task starts afresh (a stale
+        # x-delivery-count would also stop a classic-queue worker counting redeliveries).
+        and key != DELIVERY_COUNT_HEADER
         and not key.startswith(("x-death", "x-first-death", "x-last-death"))
     }
     return headers or None

@@ -175,6 +175,7 @@ class Master(Base):
                 "x-dead-letter-routing-key": queue_name,
             },
             limit=prefetch_count or self.prefetch_count,
+            queue_type=queue_type,
         )
         await worker._start()
         self.workers.append(worker)

@@ -39,6 +39,8 @@ ATTEMPTS_HEADER = "x-leveret-attempts"
 ORIGINAL_EXCHANGE_HEADER = "x-leveret-original-exchange"
 ORIGINAL_ROUTING_KEY_HEADER = "x-leveret-original-routing-key"
 DEAD_LETTERED_AT_HEADER = "x-leveret-dead-lettered-at"
+#: What a copy of a task had to leave out because it would not encode again.
+DROPPED_HEADER = "x-leveret-dropped"
 
 DEAD_LETTER_HEADERS = (
     REASON_HEADER,
@@ -49,6 +51,7 @@ DEAD_LETTER_HEADERS = (
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     DEAD_LETTERED_AT_HEADER,
+    DROPPED_HEADER,
     ATTEMPT_HEADER,
     REDELIVERIES_HEADER,
 )
@@ -134,6 +137,14 @@ def current_task() -> TaskInfo:
 
 
 def int_header(headers: Mapping[str, Any] | None, name: str, default: int) -> int:
-    """An integer header, or ``default`` if absent or not an integer."""
+    """An integer header, or ``default`` if absent, not an integer, or below ``default``.
+
+    The headers read this way are counts that start at ``default``; a smaller one
+    was forged or garbled (an attempt 0 or -5 would buy a task retries its policy
+    does not allow, a negative redelivery count would let it crash its worker
+    more often).
+    """
     value = headers.get(name) if headers else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+    if isinstance(value, int) and not isinstance(value, bool) and value >= default:
+        return value
+    return default

@@ -373,8 +373,10 @@ class RPC(Base):
         )
         limit = prefetch_count or self.prefetch_count
 
+        broker_counts = queue_type == "quorum"  # only a quorum queue's x-delivery-count counts
+
         async def handle(delivery: Delivery) -> None:
-            await self._handle_call(call, delivery)
+            await self._handle_call(call, delivery, broker_counts)
 
         runner = Runner(handle, limit, f"callee {method_name!r}")
         tag = await self.channel.consume(method_name, runner.push, prefetch_count=limit)
@@ -401,14 +403,16 @@ class RPC(Base):
             await self.channel.cancel(callee.consumer_tag)
         await callee.runner.close(timeout)
 
-    async def _handle_call(self, call: KeywordCall, delivery: Delivery) -> None:
+    async def _handle_call(
+        self, call: KeywordCall, delivery: Delivery, broker_counts: bool
+    ) -> None:
         if not _observe.observers:
-            await self._serve_call(call, delivery)
+            await self._serve_call(call, delivery, broker_counts)
             return
         tokens = _observe.start("call", call.name, delivery)
         outcome: tuple[str, BaseException | None] = (_observe.REQUEUED, None)
         try:
-            outcome = await self._serve_call(call, delivery)
+            outcome = await self._serve_call(call, delivery, broker_counts)
         finally:
             _observe.finish("call", call.name, tokens, *outcome)
 
@@ -431,13 +435,17 @@ class RPC(Base):
         )
 
     async def _serve_call(
-        self, call: KeywordCall, delivery: Delivery
+        self, call: KeywordCall, delivery: Delivery, broker_counts: bool
     ) -> tuple[str, BaseException | None]:
         """Run one call, reply, settle; returns the outcome for observers."""
         props = delivery.properties
         name = call.name
         deadline = props.headers.get(DEADLINE_HEADER) if props.headers else None
-        if isinstance(deadline, int | float) and time.time() > deadline:
+        if (
+            isinstance(deadline, int | float)
+            and not isinstance(deadline, bool)  # True is an int to Python, not a deadline
+            and time.time() > deadline
+        ):
             self._log(
                 logging.INFO,
                 name,
@@ -458,7 +466,7 @@ class RPC(Base):
             return _observe.REJECTED, None
         headers = props.headers or {}
         redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
-        if DELIVERY_COUNT_HEADER in headers:  # a quorum queue counts deliveries itself
+        if broker_counts:  # a quorum queue counts deliveries itself
             redeliveries = int_header(headers, DELIVERY_COUNT_HEADER, 0)
         elif delivery.redelivered:  # a classic queue does not: count it here
             redeliveries += 1
@@ -478,6 +486,13 @@ class RPC(Base):
                 raise CallRedeliveredError(
                     f"call {name!r} was delivered {redeliveries + 1} times without an answer "
                     "(it may crash its callee); not running it again"
+                )
+            if not props.correlation_id:
+                # Its caller could not tell this reply from others: running the call
+                # would do the work for nobody.
+                raise ValueError(
+                    f"call {name!r} has no correlation_id, so its caller could not match "
+                    "the reply; not run"
                 )
             kwargs = self._decode(delivery)
             problem = call.check(kwargs)
@@ -508,6 +523,19 @@ class RPC(Base):
             self._log(logging.WARNING, name, delivery, "the reply could not be sent: %s", exc)
             settle(delivery, "nack", requeue=True, what=f"call {name!r}")
             return _observe.REQUEUED, exc
+        except ConfigurationError as exc:
+            # Nothing was sent: the call's reply_to or correlation_id does not go out
+            # again (bytes that were not UTF-8 can exceed 255 once decoded). There is
+            # nowhere to reply, and a requeue would only fail the same way.
+            self._log(
+                logging.ERROR,
+                name,
+                delivery,
+                "the reply cannot be sent (%s); rejected without requeue",
+                exc,
+            )
+            settle(delivery, "reject", what=f"call {name!r}")
+            return _observe.REJECTED, exc
         settle(delivery, "ack", what=f"call {name!r}")
         return (_observe.FAILED, error) if error is not None else (_observe.SUCCEEDED, None)
 

@@ -8,12 +8,13 @@ is logged, never raised.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from ..amqp import Delivery
-from ..exceptions import AMQPError, DeliveryError, MessageReturnedError
+from ..amqp import Delivery, Properties
+from ..exceptions import AMQPError, ConfigurationError, DeliveryError, MessageReturnedError
 from ._base import PatternChannel
+from ._retry import DROPPED_HEADER
 
 log = logging.getLogger("leveret.patterns")
 
@@ -50,30 +51,95 @@ async def move(
     """Publish a copy of ``delivery`` to ``queue`` (confirmed), then ack the original.
 
     ``headers`` are added to the copy's; ``expiration`` (ms) replaces its own.
-    If the queue is missing, ``declare()`` is called and the publish tried once
-    more. If the copy cannot be published, the original is requeued instead: a
-    delivery is never acked before its copy is safe. Returns whether it moved.
+    If the copy's properties cannot be sent (see :func:`_copies`), a leaner copy
+    is sent that names what it left out. If the queue is missing, ``declare()``
+    is called and the publish tried once more. If the copy cannot be published,
+    the original is requeued instead: a delivery is never acked before its copy
+    is safe. Returns whether it moved.
     """
-    properties = delivery.properties.replace(
-        headers={**(delivery.properties.headers or {}), **headers},
-        expiration=expiration,
-    )
     for attempt in (1, 2):
         try:
             if attempt == 2 and declare is not None:
                 await declare()
-            await channel.publish(
-                delivery.body, routing_key=queue, mandatory=True, properties=properties
+            await _publish_first(
+                channel, delivery.body, queue, _copies(delivery, headers, expiration)
             )
             break
         except MessageReturnedError as exc:
             if attempt == 1 and declare is not None:
                 continue  # the queue is not there yet (or was deleted): declare it
-            error: AMQPError = exc
-        except AMQPError as exc:
+            error: Exception = exc
+        except (AMQPError, ConfigurationError) as exc:
             error = exc
         log.warning("%s could not be moved to %s (%s); requeued", what, queue, error)
         settle(delivery, "nack", requeue=True, what=what)
         return False
     settle(delivery, "ack", what=f"{what} moved to {queue}, but")
     return True
+
+
+async def _publish_first(
+    channel: PatternChannel, body: bytes, queue: str, copies: Iterator[Properties]
+) -> None:
+    """Publish ``body`` with the first of ``copies`` that the channel can send.
+
+    Raises:
+        ConfigurationError: none of them can be sent.
+        AMQPError: as ``channel.publish``.
+    """
+    for properties in copies:
+        try:
+            await channel.publish(body, routing_key=queue, mandatory=True, properties=properties)
+            return
+        except ConfigurationError as exc:  # nothing was sent: try a leaner copy
+            error = exc
+    raise error
+
+
+def _copies(
+    delivery: Delivery, added: dict[str, Any], expiration: int | None
+) -> Iterator[Properties]:
+    """The properties for a copy of ``delivery``: exact first, then leaner ones.
+
+    What a delivery carries does not always go out again: a short string or a
+    header name that was not UTF-8 was decoded with replacement characters and
+    may now exceed 255 bytes, and the headers added here may take the content
+    header past the frame size. Without a leaner copy such a task could never be
+    moved, and would be requeued forever. So after the exact copy come one
+    without the values that do not encode and one without any of the original
+    headers; ``x-leveret-dropped`` names what they left out.
+    """
+    original = delivery.properties
+    own = original.headers or {}
+    yield original.replace(headers={**own, **added}, expiration=expiration)
+    dropped: list[str] = []
+    kept: dict[str, Any] = {}
+    for name, value in original.as_dict().items():
+        if name in ("headers", "expiration"):
+            continue
+        if name == "cluster_id":  # deprecated by AMQP 0-9-1; Properties() does not take it
+            dropped.append(name)
+            continue
+        try:
+            Properties(**{name: value}).encode()
+        except ConfigurationError:
+            dropped.append(name)
+        else:
+            kept[name] = value
+    kept_headers: dict[str, Any] = {}
+    for key, value in own.items():
+        try:
+            Properties(headers={key: value}).encode()
+        except ConfigurationError:
+            dropped.append(f"header {key[:40]!r}")
+        else:
+            kept_headers[key] = value
+    if dropped:
+        yield Properties(
+            **kept,
+            headers={**kept_headers, **added, DROPPED_HEADER: ", ".join(dropped)},
+            expiration=expiration,
+        )
+    if own:
+        every = ", ".join([*dropped, "the original headers (too large to send again with ours)"])
+        yield Properties(**kept, headers={**added, DROPPED_HEADER: every}, expiration=expiration)

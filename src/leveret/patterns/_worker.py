@@ -32,7 +32,6 @@ from ._retry import (
     ATTEMPT_HEADER,
     ATTEMPTS_HEADER,
     DEAD_LETTERED_AT_HEADER,
-    DELIVERY_COUNT_HEADER,
     EXCEPTION_MESSAGE_HEADER,
     EXCEPTION_TYPE_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
@@ -88,6 +87,7 @@ class Worker:
         time_limit: float | None,
         retry_arguments: dict[str, Any],
         limit: int,
+        queue_type: str = "classic",
     ) -> None:
         self.master = master
         self.channel: PatternChannel = master.channel
@@ -98,6 +98,9 @@ class Worker:
         self.time_limit = time_limit
         self._call = call
         self._retry_arguments = retry_arguments
+        # A quorum queue counts deliveries (x-delivery-count) and enforces its limit;
+        # on a classic queue that header proves nothing (anyone can send it).
+        self._broker_counts = queue_type == "quorum"
         self._runner = Runner(self._handle, limit, f"worker {call.name!r}")
         self._closed = False
 
@@ -174,7 +177,7 @@ class Worker:
         headers = delivery.properties.headers
         attempt = int_header(headers, ATTEMPT_HEADER, 1)
         redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
-        if delivery.redelivered and not (headers and DELIVERY_COUNT_HEADER in headers):
+        if delivery.redelivered and not self._broker_counts:
             # A classic queue does not count deliveries: count this one ourselves.
             return await self._redelivered(delivery, attempt, redeliveries + 1), None
         try:
@@ -261,7 +264,7 @@ class Worker:
             settle(delivery, "reject", what=f"task {name!r}")
             return _observe.REJECTED
         headers: dict[str, Any] = {
-            REASON_HEADER: reason,
+            REASON_HEADER: reason[:2000],  # reasons quote what they reject: keep the header bounded
             ATTEMPTS_HEADER: attempt,
             ORIGINAL_EXCHANGE_HEADER: delivery.exchange,
             ORIGINAL_ROUTING_KEY_HEADER: delivery.routing_key,

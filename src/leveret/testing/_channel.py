@@ -1,0 +1,354 @@
+"""The in-memory channel: the pattern seam (and the rest of a channel's API) on a
+:class:`MemoryBroker`.
+
+It behaves as :class:`leveret.amqp.Channel` on RabbitMQ: a refused request
+raises the same :class:`~leveret.exceptions.BrokerError` and closes the channel;
+deliveries are real :class:`~leveret.amqp.Delivery` objects whose ``ack()``,
+``nack()`` and ``reject()`` come back here; unacked deliveries are requeued when
+the channel closes; a confirming publish returns once the broker took the message
+(on a later event-loop turn) and raises if it was returned or refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..amqp import Properties, QueueDeclareOk, ReturnedMessage
+from ..amqp._codec import encode_shortstr
+from ..exceptions import (
+    ConfigurationError,
+    MessageReturnedError,
+    PublishNackedError,
+    PublishNotConfirmedError,
+)
+from ._broker import REPLY_TO
+from ._channel_core import ChannelCore, log
+from ._errors import Refusal, not_implemented
+from ._message import decode, normalize_table
+
+if TYPE_CHECKING:
+    from ._connection import MemoryConnection
+
+ReturnCallback = Callable[[ReturnedMessage], Any]
+_AUTHENTICATED_USER = "guest"
+
+
+class MemoryChannel(ChannelCore):
+    """A channel of a :class:`MemoryConnection`; open one with ``connection.channel()``.
+
+    Implements :class:`leveret.patterns.PatternChannel` and the rest of
+    :class:`leveret.amqp.Channel`'s API that tests use (``get``, ``iterate``,
+    ``qos``, declares, bindings, purge, delete). ``exchange_bind`` is not
+    implemented (it raises :class:`~leveret.exceptions.NotImplementedByBrokerError`).
+    """
+
+    def __init__(self, connection: MemoryConnection, number: int, publisher_confirms: bool) -> None:
+        super().__init__(connection, number)
+        self.publisher_confirms = publisher_confirms
+        #: Called with each :class:`ReturnedMessage` no awaiting publish claims.
+        self.return_callbacks: list[ReturnCallback] = []
+
+    # -- declarations -----------------------------------------------------------------
+
+    async def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> QueueDeclareOk:
+        """Declare a queue; ``""`` lets the broker choose the name (see the result).
+
+        Raises:
+            NotFoundError: passive, and the queue does not exist.
+            PreconditionFailedError: it exists with other settings.
+            ResourceLockedError: it is exclusive to another connection.
+            AccessRefusedError: the name starts with ``amq.``.
+        """
+        args = normalize_table(arguments)
+        return await self._request(
+            "queue.declare",
+            lambda: self._broker.declare_queue(
+                self._connection,
+                queue,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=args,
+            ),
+        )
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        await self._request(
+            "queue.bind", lambda: self._broker.bind(self._connection, queue, exchange, routing_key)
+        )
+
+    async def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        await self._request(
+            "queue.unbind",
+            lambda: self._broker.unbind(self._connection, queue, exchange, routing_key),
+        )
+
+    async def queue_purge(self, queue: str) -> int:
+        """Drop the queue's ready messages; returns how many."""
+        return await self._request(
+            "queue.purge", lambda: self._broker._queue(queue, self._connection).purge()
+        )
+
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns how many messages it held."""
+        return await self._request(
+            "queue.delete",
+            lambda: self._broker.delete_queue(
+                self._connection, queue, if_unused=if_unused, if_empty=if_empty
+            ),
+        )
+
+    async def exchange_declare(
+        self,
+        exchange: str,
+        type: str = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Declare a ``direct``, ``fanout`` or ``topic`` exchange."""
+        await self._request(
+            "exchange.declare",
+            lambda: self._broker.declare_exchange(
+                exchange, type, passive=passive, durable=durable, auto_delete=auto_delete
+            ),
+        )
+
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
+        await self._request(
+            "exchange.delete", lambda: self._broker.delete_exchange(exchange, if_unused=if_unused)
+        )
+
+    async def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Not implemented by the in-memory broker: raises and closes the channel."""
+
+        def refuse() -> None:
+            raise not_implemented("exchange-to-exchange bindings")
+
+        await self._request("exchange.bind", refuse)
+
+    async def qos(
+        self, prefetch_count: int, *, prefetch_size: int = 0, global_: bool = False
+    ) -> None:
+        """Limit unacked deliveries: per consumer started afterwards, or (``global_``)
+        shared by the whole channel."""
+        if not 0 <= prefetch_count <= 65535:
+            raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
+
+        def apply() -> None:
+            if global_:
+                self._global_prefetch = prefetch_count
+                self._wake_consumers()
+            else:
+                self._prefetch = prefetch_count
+
+        await self._request("basic.qos", apply)
+
+    # -- publishing -------------------------------------------------------------------
+
+    async def publish(
+        self,
+        body: bytes,
+        *,
+        routing_key: str,
+        exchange: str = "",
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        delivery_mode: int | None = None,
+        priority: int | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        expiration: str | int | None = None,
+        message_id: str | None = None,
+        timestamp: int | float | None = None,
+        type: str | None = None,
+        user_id: str | None = None,
+        app_id: str | None = None,
+        confirm: bool = True,
+    ) -> None:
+        """Publish a message; on a confirming channel, return once the broker took it.
+
+        As :meth:`leveret.amqp.Channel.publish`: ``expiration`` is in milliseconds;
+        ``confirm=False`` (or a channel without publisher confirms) returns at once
+        and hands an unroutable ``mandatory`` message to :attr:`return_callbacks`.
+
+        Raises:
+            MessageReturnedError: ``mandatory`` and no queue took it (attached).
+            PublishNackedError: a queue refused it (``x-overflow: reject-publish``).
+            PublishNotConfirmedError: the broker closed the channel over it (an unknown
+                exchange, no direct reply-to consumer, a bad expiration or user_id).
+            ChannelClosedError: the channel is closed.
+            ConfigurationError: a property cannot be encoded.
+        """
+        self._ensure_open()
+        if body.__class__ is not bytes:
+            if not isinstance(body, bytearray | memoryview):
+                raise ConfigurationError(f"message body must be bytes, not {type_name(body)}")
+            body = bytes(body)
+        if properties is None:
+            properties = Properties(
+                content_type=content_type,
+                content_encoding=content_encoding,
+                headers=headers,
+                delivery_mode=delivery_mode,
+                priority=priority,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                expiration=expiration,
+                message_id=message_id,
+                timestamp=timestamp,
+                type=type,
+                user_id=user_id,
+                app_id=app_id,
+            )
+        encode_shortstr(exchange, "exchange name")
+        encode_shortstr(routing_key, "routing key")
+        encoded = properties.encode()  # a value that cannot travel raises here, as on the wire
+        confirming = self.publisher_confirms and confirm
+        try:
+            refused, returned = self._route(
+                exchange, routing_key, mandatory, body, properties, encoded
+            )
+        except Refusal as refusal:
+            error = self._refused(refusal, "basic.publish")
+            if not confirming:
+                return  # on the wire the channel closes after this publish returned
+            raise PublishNotConfirmedError(
+                f"channel {self.number} closed before the broker confirmed the publish "
+                f"({error}); it may or may not have been routed"
+            ) from error
+        if not confirming:
+            if returned is not None:
+                self._loop.call_soon(self._on_return, returned)
+            return
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._unconfirmed.add(future)
+        self._loop.call_soon(self._confirm, future, returned, refused)
+        try:
+            await future
+        finally:
+            self._unconfirmed.discard(future)
+
+    def _route(
+        self,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+        body: bytes,
+        properties: Properties,
+        encoded: bytes,
+    ) -> tuple[bool, ReturnedMessage | None]:
+        """Route a publish: (refused by a queue, the returned message if unroutable)."""
+        ttl = _expiration(properties.expiration)
+        if properties.user_id is not None and properties.user_id != _AUTHENTICATED_USER:
+            raise Refusal(
+                406,
+                f"PRECONDITION_FAILED - user_id property set to '{properties.user_id}' but "
+                f"authenticated user was '{_AUTHENTICATED_USER}'",
+            )
+        if properties.reply_to == REPLY_TO:
+            # Direct reply-to: the caller's channel gets a private address of its own.
+            if self._reply_queue is None:
+                raise Refusal(406, "PRECONDITION_FAILED - fast reply consumer does not exist")
+            properties = properties.replace(reply_to=self._reply_queue.name)
+            encoded = properties.encode()
+        routed, refused = self._broker.publish(exchange, routing_key, body, encoded, ttl)
+        returned = None
+        if mandatory and not routed:
+            returned = ReturnedMessage(
+                312, "NO_ROUTE", exchange, routing_key, body, decode(encoded)
+            )
+        return refused, returned
+
+    def _confirm(
+        self, future: asyncio.Future[None], returned: ReturnedMessage | None, refused: bool
+    ) -> None:
+        if future.done():
+            return  # the publisher gave up (timeout or cancel)
+        if refused:
+            future.set_exception(
+                PublishNackedError(
+                    f"broker refused the message (basic.nack) on channel {self.number}"
+                )
+            )
+        elif returned is not None:
+            future.set_exception(MessageReturnedError(returned))
+        else:
+            future.set_result(None)
+
+    def _on_return(self, message: ReturnedMessage) -> None:
+        if not self._open:
+            return
+        if not self.return_callbacks:
+            log.warning(
+                "message returned by the broker and nobody listens for it: %s %s "
+                "(exchange %r, routing key %r)",
+                message.reply_code,
+                message.reply_text,
+                message.exchange,
+                message.routing_key,
+            )
+        for callback in list(self.return_callbacks):
+            self._tasks.call(callback, message)
+
+
+def type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _expiration(value: str | None) -> int | None:
+    """A per-message TTL in ms, refused as RabbitMQ refuses it."""
+    if value is None:
+        return None
+    try:
+        ttl = int(value)
+    except ValueError:
+        raise Refusal(
+            406, f"PRECONDITION_FAILED - invalid expiration '{value}': no_integer"
+        ) from None
+    if ttl < 0:
+        raise Refusal(
+            406, f"PRECONDITION_FAILED - invalid expiration '{value}': {{value_negative,{ttl}}}"
+        )
+    return ttl

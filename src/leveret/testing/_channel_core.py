@@ -1,0 +1,379 @@
+"""What an in-memory channel is: its state, its life, and what flows to its consumers.
+
+:class:`ChannelCore` holds a channel's consumers and unacked deliveries, runs
+its requests as round trips, closes it (requeueing what it held, as RabbitMQ
+does), hands deliveries to consumers and settles them. :class:`MemoryChannel`
+(in :mod:`._channel`) adds what a channel asks of the broker: declarations,
+qos and publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from inspect import isawaitable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from ..amqp import Channel, Delivery, DeliveryIterator
+from ..amqp._tasks import TaskOwner
+from ..exceptions import (
+    BrokerError,
+    ChannelClosedError,
+    ConfigurationError,
+    ConnectionClosedError,
+    ConsumerCancelledError,
+    DeliveryError,
+    PublishNotConfirmedError,
+    broker_error,
+)
+from ._broker import REPLY_TO
+from ._errors import Refusal
+from ._message import StoredMessage
+from ._queue import CancelCallback, Consumer, DeliveryCallback, MemoryQueue
+
+if TYPE_CHECKING:
+    from ._connection import MemoryConnection
+
+log = logging.getLogger("leveret.testing")
+
+T = TypeVar("T")
+_tag_counter = itertools.count(1)
+
+
+class ChannelCore:
+    """State, lifecycle, consuming and settling of a :class:`MemoryChannel`."""
+
+    def __init__(self, connection: MemoryConnection, number: int) -> None:
+        self._connection = connection
+        self._broker = connection.broker
+        self._loop = connection.loop
+        self.number = number
+        self._open = True
+        self._close_reason: BaseException | None = None
+        self._consumers: dict[str, Consumer] = {}
+        self._unacked: dict[int, tuple[MemoryQueue, StoredMessage, Consumer | None]] = {}
+        self._consumer_unacked = 0
+        self._tags = itertools.count(1)
+        self._prefetch = 0
+        self._global_prefetch = 0
+        self._unconfirmed: set[asyncio.Future[None]] = set()
+        self._reply_queue: MemoryQueue | None = None
+        self._tasks = TaskOwner()
+        #: Called with ``(channel, reason)`` when the channel closes (plain or async).
+        self.close_callbacks: list[Callable[[Any, BaseException | None], Any]] = []
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else "closed"
+        return f"<{type(self).__name__} {self.number} {state} on {self._broker.url}>"
+
+    @property
+    def connection(self) -> MemoryConnection:
+        return self._connection
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def is_closed(self) -> bool:
+        """True once closed (an in-memory channel never reopens)."""
+        return not self._open
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the channel: unacked deliveries go back to their queues. Idempotent."""
+        if not self._open:
+            return
+        await self._tasks.cancel_all()
+        self._finish(ChannelClosedError(f"channel {self.number} was closed by its owner"))
+
+    def _finish(self, reason: BaseException) -> None:
+        """Closed, by its owner or the broker: what RabbitMQ and the client both do."""
+        if not self._open:
+            return
+        self._open = False
+        self._close_reason = reason
+        # The broker's side: unacked deliveries go back (in order), consumers go.
+        unacked, self._unacked = self._unacked, {}
+        self._consumer_unacked = 0
+        for tag in sorted(unacked):
+            queue, message, consumer = unacked[tag]
+            queue.settled(consumer)
+            queue.requeue(message)
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        for consumer in consumers:
+            consumer.queue.remove_consumer(consumer)
+        if self._reply_queue is not None:
+            self._broker.drop_reply_queue(self._reply_queue)
+            self._reply_queue = None
+        # The client's side: nothing waits for this channel any more.
+        unconfirmed, self._unconfirmed = self._unconfirmed, set()
+        for future in unconfirmed:
+            if not future.done():
+                error = PublishNotConfirmedError(
+                    f"channel {self.number} closed before the broker confirmed the publish "
+                    f"({reason}); it may or may not have been routed"
+                )
+                error.__cause__ = reason
+                future.set_exception(error)
+        self._connection._forget_channel(self)
+        for consumer in consumers:
+            self._notify_cancel(consumer, reason)
+        for callback in list(self.close_callbacks):
+            self._tasks.call(callback, self, reason)
+        self._broker._changed()
+
+    def _abandon(self, reason: BaseException) -> None:
+        """Its event loop is gone: give back what it holds on the broker, wake nobody
+        (futures and callbacks of a closed loop cannot run)."""
+        self.close_callbacks.clear()
+        self._unconfirmed.clear()
+        for consumer in self._consumers.values():
+            consumer.on_cancel = None
+        self._finish(reason)
+
+    def _ensure_open(self) -> None:
+        if not self._open:
+            raise ChannelClosedError(
+                f"channel {self.number} is closed: {self._close_reason}"
+            ) from self._close_reason
+
+    def _refused(self, refusal: Refusal, method: str) -> BrokerError:
+        """The broker closes the channel (or the connection) over ``refusal``."""
+        error = broker_error(refusal.code, refusal.text, scope=refusal.scope, method=method)
+        if refusal.scope == "connection":
+            log.warning("broker closed the connection to %s: %s", self._broker.url, error)
+            self._connection._lost(error)
+        else:
+            log.warning("channel %d closed by the broker: %s", self.number, error)
+            self._finish(error)
+        return error
+
+    async def _request(self, method: str, operation: Callable[[], T]) -> T:
+        """Run a synchronous broker method as the round trip it is on the wire."""
+        self._ensure_open()
+        try:
+            result = operation()
+        except Refusal as refusal:
+            raise self._refused(refusal, method) from None
+        # The reply arrives on a later loop turn, as from a socket: whatever the
+        # request set going (deliveries, expiry) may run before the caller resumes.
+        await asyncio.sleep(0)
+        return result
+
+    # -- consuming --------------------------------------------------------------------
+
+    async def consume(
+        self,
+        queue: str,
+        callback: DeliveryCallback,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+        on_cancel: CancelCallback | None = None,
+        prefetch_count: int | None = None,
+    ) -> str:
+        """Start a consumer; returns its consumer tag (as :meth:`leveret.amqp.Channel.consume`).
+
+        ``prefetch_count`` sets this consumer's own window (a ``basic.qos`` first).
+        Consuming ``amq.rabbitmq.reply-to`` (with ``no_ack=True``) starts this
+        channel's direct reply-to consumer.
+
+        Raises:
+            NotFoundError, ResourceLockedError: no such queue, or not this connection's.
+            AccessRefusedError: an exclusive consumer is in the way (or would be).
+            PreconditionFailedError: a direct reply-to consumer that acks, or a second one.
+        """
+        if prefetch_count is not None and not 0 <= prefetch_count <= 65535:
+            raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
+        tag = consumer_tag or f"leveret.{self._connection.id}.{next(_tag_counter)}"
+        if tag in self._consumers:
+            raise ConfigurationError(f"consumer tag {tag!r} is already in use on this channel")
+
+        def start() -> str:
+            if prefetch_count is not None:  # basic.qos then basic.consume, nothing between
+                self._prefetch = prefetch_count
+            if queue == REPLY_TO:
+                if not no_ack:
+                    raise Refusal(406, "PRECONDITION_FAILED - reply consumer cannot acknowledge")
+                if self._reply_queue is not None:
+                    raise Refusal(406, "PRECONDITION_FAILED - reply consumer already set")
+                target = self._reply_queue = self._broker.new_reply_queue()
+            else:
+                target = self._broker._queue(queue, self._connection)
+                if target.exclusive_consumer() or (exclusive and target.has_consumers):
+                    raise Refusal(
+                        403, f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
+                    )
+            consumer = Consumer(
+                tag,
+                target,
+                self,
+                callback,
+                no_ack=no_ack,
+                exclusive=exclusive,
+                prefetch=self._prefetch,
+                on_cancel=on_cancel,
+            )
+            self._consumers[tag] = consumer
+            target.add_consumer(consumer)
+            return tag
+
+        return await self._request("basic.consume", start)
+
+    async def cancel(self, consumer_tag: str) -> None:
+        """Stop a consumer; its unacked deliveries stay unacked (settle them as usual)."""
+        consumer = self._consumers.pop(consumer_tag, None)
+        if consumer is None:
+            return
+        if consumer.queue is self._reply_queue:
+            self._broker.drop_reply_queue(consumer.queue)
+            self._reply_queue = None
+        else:
+            consumer.queue.remove_consumer(consumer)
+        self._broker._changed()
+        if self._open:
+            await asyncio.sleep(0)  # basic.cancel-ok's round trip
+
+    def iterate(
+        self,
+        queue: str,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> DeliveryIterator:
+        """Consume as an async iterator (see :meth:`leveret.amqp.Channel.iterate`)."""
+        return DeliveryIterator(
+            cast(Channel, self), queue, no_ack=no_ack, exclusive=exclusive, arguments=arguments
+        )
+
+    async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
+        """Fetch one message with ``basic.get``; ``None`` if the queue is empty."""
+
+        def take() -> Delivery | None:
+            source = self._broker._queue(queue, self._connection)
+            message = source.take()
+            if message is None:
+                return None
+            tag = next(self._tags)
+            props = message.delivery_properties(quorum=source.is_quorum, always_count=True)
+            delivery = Delivery(
+                cast(Channel, self),
+                1,
+                message.body,
+                props,
+                tag,
+                message.exchange,
+                message.routing_key,
+                message.redelivered,
+                None,
+                no_ack,
+                source.message_count,
+            )
+            if not no_ack:
+                self._unacked[tag] = (source, message, None)
+                source.delivered(None)
+            self._broker._changed()
+            return delivery
+
+        return await self._request("basic.get", take)
+
+    def _has_capacity(self) -> bool:
+        return not self._global_prefetch or self._consumer_unacked < self._global_prefetch
+
+    def _wake_consumers(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.queue.schedule()
+
+    def _deliver(self, consumer: Consumer, message: StoredMessage) -> None:
+        """Hand a message to a consumer (called by the queue's dispatch, never re-entrantly)."""
+        tag = next(self._tags)
+        queue = consumer.queue
+        delivery = Delivery(
+            cast(Channel, self),
+            1,
+            message.body,
+            message.delivery_properties(quorum=queue.is_quorum),
+            tag,
+            message.exchange,
+            message.routing_key,
+            message.redelivered,
+            consumer.tag,
+            consumer.no_ack,
+        )
+        if not consumer.no_ack:
+            self._unacked[tag] = (queue, message, consumer)
+            self._consumer_unacked += 1
+            queue.delivered(consumer)
+        try:
+            result = consumer.callback(delivery)
+        except Exception:
+            log.exception("consumer %r callback failed on %r", consumer.tag, delivery)
+            return
+        if result is not None and isawaitable(result):
+            self._tasks.spawn(result, f"leveret consumer {consumer.tag}")
+
+    def _broker_cancelled(self, consumer: Consumer) -> None:
+        """The consumer's queue was deleted: RabbitMQ sends basic.cancel."""
+        if self._consumers.pop(consumer.tag, None) is None:
+            return
+        self._notify_cancel(
+            consumer,
+            ConsumerCancelledError(
+                f"the broker cancelled consumer {consumer.tag!r} on queue {consumer.queue.name!r} "
+                "(the queue was deleted or is unavailable)"
+            ),
+        )
+
+    def _notify_cancel(self, consumer: Consumer, reason: BaseException) -> None:
+        if isinstance(reason, ConsumerCancelledError):
+            error = reason
+        else:
+            error = ConsumerCancelledError(f"consumer {consumer.tag!r} stopped: {reason}")
+            error.__cause__ = reason
+        if consumer.on_cancel is not None:
+            self._tasks.call(consumer.on_cancel, error)
+        elif not isinstance(reason, ChannelClosedError | ConnectionClosedError):
+            log.warning("%s", error)
+
+    # -- settling (called by Delivery.ack/nack/reject) --------------------------------
+
+    def _settle(self, delivery: Delivery, kind: str, requeue: bool) -> None:
+        if delivery.settled is not None:
+            if delivery.no_ack:
+                raise DeliveryError(
+                    f"delivery {delivery.delivery_tag} was consumed with no_ack=True; "
+                    "the broker already considers it acknowledged"
+                )
+            raise DeliveryError(
+                f"delivery {delivery.delivery_tag} on channel {self.number} was already "
+                f"settled ({delivery.settled}); a second {kind} would close the channel"
+            )
+        if not self._open:
+            raise DeliveryError(
+                f"channel {self.number} closed after delivery {delivery.delivery_tag} arrived; "
+                f"the {kind} cannot be sent and the broker will redeliver the message"
+            )
+        delivery.settled = kind
+        entry = self._unacked.pop(delivery.delivery_tag, None)
+        if entry is None:
+            return
+        queue, message, consumer = entry
+        if consumer is not None:
+            self._consumer_unacked -= 1
+            if self._global_prefetch:
+                self._wake_consumers()
+        queue.settled(consumer)
+        if kind != "ack":
+            if requeue:
+                queue.requeue(message)
+            elif not queue.deleted:
+                self._broker._dead_letter(message, queue, "rejected")
+        self._broker._changed()

@@ -1,0 +1,125 @@
+"""Waiting until workers have done all their tasks, for a test to assert on the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable
+
+from ..exceptions import ConfigurationError
+from ..patterns import RPC, Master, Worker
+from ._broker import MemoryBroker
+from ._channel import MemoryChannel
+from ._queue import MemoryQueue
+
+Drainable = Master | Worker | RPC | MemoryQueue | str
+
+
+async def drain(
+    *targets: Drainable,
+    broker: MemoryBroker | None = None,
+    timeout: float = 10.0,
+    retries: bool = True,
+) -> None:
+    """Run the event loop until the targets' task queues are empty and no task is in flight.
+
+    A target is a :class:`~leveret.patterns.Master` (the queues of all its
+    workers), a :class:`~leveret.patterns.Worker`, an :class:`~leveret.patterns.RPC`
+    (the queues of the methods it serves), a :class:`MemoryQueue`, or a queue name
+    (then pass ``broker=``). A queue is drained when it has no ready and no unacked
+    message; a worker when it holds no task. With ``retries`` (the default) a
+    task waiting in a retry queue (``<task>.retry.<n>``) is still pending: it comes
+    back once its delay (on the event loop's clock) runs out, so give retry
+    policies short delays in tests. Dead-letter queues are where tasks end; they
+    are not waited for. It waits for the broker to change state, never polls.
+
+    Raises:
+        TimeoutError: still not drained after ``timeout`` seconds; the message
+            says what is left (ready, unacked, consumers per queue).
+        ConfigurationError: a target is not on the in-memory broker, or a queue
+            name was given without ``broker=``.
+    """
+    names: list[str] = []
+    workers: list[Worker] = []
+    for target in targets:
+        found, target_broker, target_workers = _resolve(target, broker)
+        if broker is None:
+            broker = target_broker
+        elif target_broker is not broker:
+            raise ConfigurationError("drain(): the targets are on different brokers")
+        names.extend(found)
+        workers.extend(target_workers)
+    if broker is None:
+        return  # nothing to wait for
+
+    def pending() -> list[str]:
+        assert broker is not None
+        left = []
+        for name in _with_retry_queues(broker, names) if retries else names:
+            queue = broker.queues.get(name)
+            if queue is not None and (queue.message_count or queue.unacked_count):
+                left.append(
+                    f"queue {name!r}: {queue.message_count} ready, {queue.unacked_count} "
+                    f"unacked, {queue.consumer_count} consumers"
+                )
+        left.extend(
+            f"worker {worker.queue!r}: {worker.in_flight} tasks in flight"
+            for worker in workers
+            if worker.in_flight
+        )
+        return left
+
+    try:
+        async with asyncio.timeout(timeout):
+            while pending():
+                await broker._wait_for_change()
+    except TimeoutError:
+        raise TimeoutError(f"not drained after {timeout} s: {'; '.join(pending())}") from None
+
+
+def _resolve(
+    target: Drainable, broker: MemoryBroker | None
+) -> tuple[list[str], MemoryBroker | None, list[Worker]]:
+    if isinstance(target, Master):
+        return (
+            [worker.queue for worker in target.workers],
+            _broker_of(target.channel),
+            list(target.workers),
+        )
+    if isinstance(target, Worker):
+        return [target.queue], _broker_of(target.channel), [target]
+    if isinstance(target, RPC):
+        channel = _channel_of(target.channel)
+        served = [
+            consumer.queue.name
+            for consumer in channel._consumers.values()
+            if consumer.queue is not channel._reply_queue
+        ]
+        return served, channel._broker, []
+    if isinstance(target, MemoryQueue):
+        return [target.name], target._broker, []
+    if broker is None:
+        raise ConfigurationError(f"drain({target!r}): pass broker= with a queue name")
+    return [target], broker, []
+
+
+def _channel_of(channel: object) -> MemoryChannel:
+    if not isinstance(channel, MemoryChannel):
+        raise ConfigurationError(
+            f"drain() works on the in-memory broker; {channel!r} is not a leveret.testing channel"
+        )
+    return channel
+
+
+def _broker_of(channel: object) -> MemoryBroker:
+    return _channel_of(channel)._broker
+
+
+def _with_retry_queues(broker: MemoryBroker, names: Iterable[str]) -> list[str]:
+    """The queues plus their retry delay queues (``<task>.retry.<n>``) that exist now."""
+    wanted = list(names)
+    patterns = [re.compile(re.escape(name) + r"\.retry\.\d+") for name in wanted]
+    wanted.extend(
+        queue for queue in broker.queues if any(pattern.fullmatch(queue) for pattern in patterns)
+    )
+    return wanted

@@ -1,0 +1,371 @@
+"""A queue of the in-memory broker: ready messages, consumers, expiry, dead-lettering.
+
+Consumers get messages only from :meth:`MemoryQueue._dispatch`, which runs as
+its own event-loop callback (``call_soon``) after whatever made a delivery
+possible: a publish, a requeue, an ack that frees a consumer's prefetch, a new
+consumer. So a consumer is never called from inside ``publish`` or ``ack``, and
+deliveries arrive in queue order. Message TTLs run on the event loop's clock
+(``loop.call_at``) and, as in RabbitMQ, only the message at the head of the queue
+expires: a long TTL in front holds back a shorter one behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from ..amqp import Delivery
+from ..exceptions import ConsumerCancelledError
+from ._message import QueuedMessage, StoredMessage, decode
+
+if TYPE_CHECKING:
+    from ._broker import MemoryBroker
+    from ._channel_core import ChannelCore
+
+DeliveryCallback = Callable[[Delivery], Awaitable[Any] | None]
+CancelCallback = Callable[[ConsumerCancelledError], Any]
+
+# asyncio runs a timer up to one clock tick early; a message due within that
+# tick counts as expired, or the timer would fire again and again for nothing.
+_CLOCK_SLACK = time.get_clock_info("monotonic").resolution
+
+
+class Consumer:
+    """One ``basic.consume``: its queue, channel, callback and prefetch window."""
+
+    __slots__ = (
+        "callback",
+        "channel",
+        "exclusive",
+        "no_ack",
+        "on_cancel",
+        "prefetch",
+        "queue",
+        "tag",
+        "unacked",
+    )
+
+    def __init__(
+        self,
+        tag: str,
+        queue: MemoryQueue,
+        channel: ChannelCore,
+        callback: DeliveryCallback,
+        *,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: int,
+        on_cancel: CancelCallback | None,
+    ) -> None:
+        self.tag = tag
+        self.queue = queue
+        self.channel = channel
+        self.callback = callback
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.prefetch = prefetch  # 0: unlimited
+        self.on_cancel = on_cancel
+        self.unacked = 0
+
+    def has_capacity(self) -> bool:
+        if self.no_ack:  # prefetch limits unacked deliveries; these are never unacked
+            return True
+        if self.prefetch and self.unacked >= self.prefetch:
+            return False
+        return self.channel._has_capacity()
+
+
+class MemoryQueue:
+    """A queue of a :class:`MemoryBroker`.
+
+    Read its state through the properties (``message_count``, ``unacked_count``,
+    ``consumer_count``, ``arguments`` ...) and :meth:`messages`; change it only
+    through a channel, as on RabbitMQ.
+    """
+
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        name: str,
+        *,
+        durable: bool,
+        exclusive_owner: object | None,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        self._broker = broker
+        self.name = name
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self._owner = exclusive_owner
+        self._arguments = arguments
+        self.queue_type: str = arguments.get("x-queue-type", "classic")
+        self._ttl = _non_negative_int(arguments.get("x-message-ttl"))
+        self._max_length = _non_negative_int(arguments.get("x-max-length"))
+        self._overflow = arguments.get("x-overflow", "drop-head")
+        self._delivery_limit = _non_negative_int(arguments.get("x-delivery-limit"))
+        self._ready: deque[StoredMessage] = deque()
+        self._consumers: list[Consumer] = []
+        self._next_consumer = 0
+        self._unacked = 0
+        self._had_consumers = False
+        self._seq = itertools.count(1)
+        self._dispatch_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.deleted = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<MemoryQueue {self.name!r} {self.queue_type} ready={len(self._ready)} "
+            f"unacked={self._unacked} consumers={len(self._consumers)}>"
+        )
+
+    # -- what a test may look at ------------------------------------------------------
+
+    @property
+    def exclusive(self) -> bool:
+        return self._owner is not None
+
+    @property
+    def arguments(self) -> MappingProxyType[str, Any]:
+        return MappingProxyType(self._arguments)
+
+    @property
+    def message_count(self) -> int:
+        """Messages ready for delivery (RabbitMQ's ``message_count``: unacked not included)."""
+        return len(self._ready)
+
+    @property
+    def unacked_count(self) -> int:
+        """Messages delivered and not settled yet."""
+        return self._unacked
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self._consumers)
+
+    def messages(self) -> list[QueuedMessage]:
+        """Snapshots of the ready messages, head first (nothing is consumed)."""
+        return [
+            QueuedMessage(m.body, decode(m.encoded), m.exchange, m.routing_key, m.redelivered)
+            for m in self._ready
+        ]
+
+    # -- the broker's side ------------------------------------------------------------
+
+    @property
+    def is_quorum(self) -> bool:
+        return self.queue_type == "quorum"
+
+    @property
+    def has_consumers(self) -> bool:
+        return bool(self._consumers)
+
+    def owned_by(self, connection: object) -> bool:
+        return self._owner is None or self._owner is connection
+
+    def enqueue(
+        self,
+        body: bytes,
+        encoded: bytes,
+        exchange: str,
+        routing_key: str,
+        ttl: int | None,
+    ) -> bool:
+        """Append a message; ``False`` if ``x-overflow: reject-publish`` refuses it."""
+        limit = self._max_length
+        if limit is not None and len(self._ready) >= limit and self._overflow != "drop-head":
+            return False  # reject-publish: the publisher gets a nack
+        if self._ttl is not None:
+            ttl = self._ttl if ttl is None else min(ttl, self._ttl)
+        loop = self._broker._loop
+        expires_at = None if ttl is None or loop is None else loop.time() + ttl / 1000
+        self._ready.append(
+            StoredMessage(body, encoded, exchange, routing_key, next(self._seq), expires_at)
+        )
+        while limit is not None and len(self._ready) > limit:  # drop-head
+            self._broker._dead_letter(self._ready.popleft(), self, "maxlen")
+        self.schedule()
+        return True
+
+    def requeue(self, message: StoredMessage) -> None:
+        """A delivery came back (nack/reject with requeue, or its channel closed).
+
+        It returns to its old place, marked redelivered; a quorum queue counts it
+        and dead-letters it past ``x-delivery-limit``.
+        """
+        if self.deleted:
+            return
+        message.redelivered = True
+        if self.is_quorum:
+            message.delivery_count += 1
+            limit = self._delivery_limit
+            if limit is not None and message.delivery_count > limit:
+                self._broker._dead_letter(message, self, "delivery_limit")
+                return
+        ready = self._ready
+        index = 0
+        while index < len(ready) and ready[index].seq < message.seq:
+            index += 1
+        ready.insert(index, message)
+        self.schedule()
+
+    def settled(self, consumer: Consumer | None) -> None:
+        """An unacked delivery of this queue was settled."""
+        self._unacked -= 1
+        if consumer is not None:
+            consumer.unacked -= 1
+            if self._ready:
+                self.schedule()  # its prefetch window has room again
+
+    def delivered(self, consumer: Consumer | None) -> None:
+        self._unacked += 1
+        if consumer is not None:
+            consumer.unacked += 1
+
+    def take(self) -> StoredMessage | None:
+        """The head message for ``basic.get`` (expired ones are dead-lettered first)."""
+        self._expire_head()
+        message = self._ready.popleft() if self._ready else None
+        self._arm_timer()
+        return message
+
+    def ready_count(self) -> int:
+        """``message_count`` after dropping what has expired (for declare-ok, get-ok)."""
+        self._expire_head()
+        self._arm_timer()
+        return len(self._ready)
+
+    def purge(self) -> int:
+        count = len(self._ready)
+        self._ready.clear()
+        self._arm_timer()
+        return count
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self._consumers.append(consumer)
+        self._had_consumers = True
+        self.schedule()
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """Forget a consumer; an auto-delete queue goes with its last consumer."""
+        if consumer in self._consumers:
+            index = self._consumers.index(consumer)
+            del self._consumers[index]
+            if index < self._next_consumer:
+                self._next_consumer -= 1
+        if self.auto_delete and self._had_consumers and not self._consumers and not self.deleted:
+            self._broker._delete_queue(self)
+
+    def exclusive_consumer(self) -> bool:
+        return any(consumer.exclusive for consumer in self._consumers)
+
+    def delete(self) -> list[Consumer]:
+        """Drop everything; returns the consumers to tell (RabbitMQ sends basic.cancel)."""
+        self.deleted = True
+        self._ready.clear()
+        consumers, self._consumers = self._consumers, []
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        return consumers
+
+    # -- delivering -------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        """Run :meth:`_dispatch` soon (once, however often this is called meanwhile)."""
+        loop = self._broker._loop
+        if self._dispatch_scheduled or self.deleted or loop is None or loop.is_closed():
+            return
+        self._dispatch_scheduled = True
+        loop.call_soon(self._dispatch)
+
+    def rebind(self) -> None:
+        """The broker moved to another event loop: re-arm timers and dispatch there."""
+        self._dispatch_scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        self.schedule()
+
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        if self.deleted:
+            return
+        # One pass hands out at most what was ready when it started, so a consumer
+        # that requeues synchronously cannot keep the event loop busy forever.
+        budget = len(self._ready)
+        while self._ready and budget > 0:
+            if self._expire_head(limit=1):
+                budget -= 1
+                continue
+            consumer = self._pick_consumer()
+            if consumer is None:
+                break
+            budget -= 1
+            consumer.channel._deliver(consumer, self._ready.popleft())
+        if self._ready and budget == 0 and self._pick_consumer(peek=True) is not None:
+            self.schedule()
+        self._arm_timer()
+        self._broker._changed()
+
+    def _pick_consumer(self, *, peek: bool = False) -> Consumer | None:
+        """The next consumer with room, round-robin from the one after the last served."""
+        consumers = self._consumers
+        count = len(consumers)
+        for offset in range(count):
+            index = (self._next_consumer + offset) % count
+            consumer = consumers[index]
+            if consumer.has_capacity():
+                if not peek:
+                    self._next_consumer = (index + 1) % count
+                return consumer
+        return None
+
+    # -- expiry -----------------------------------------------------------------------
+
+    def _expire_head(self, limit: int | None = None) -> int:
+        """Dead-letter expired messages at the head (at most ``limit``); how many."""
+        loop = self._broker._loop
+        if loop is None:
+            return 0
+        now = loop.time() + _CLOCK_SLACK
+        expired = 0
+        ready = self._ready
+        while ready and (limit is None or expired < limit):
+            head = ready[0]
+            if head.expires_at is None or head.expires_at > now:
+                break
+            ready.popleft()
+            expired += 1
+            self._broker._dead_letter(head, self, "expired")
+        return expired
+
+    def _arm_timer(self) -> None:
+        at = self._ready[0].expires_at if self._ready else None
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._broker._loop
+        if at is None or loop is None or loop.is_closed():
+            self._timer = self._timer_at = None
+            return
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._dispatch()
+
+
+def _non_negative_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
