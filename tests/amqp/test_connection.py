@@ -16,33 +16,20 @@ from leveret.exceptions import (
     ConnectionForcedError,
     PublishNotConfirmedError,
 )
-
-
-def _connection_pid(name: str) -> str:
-    """The broker-side pid of the connection whose connection_name is ``name``."""
-    out = subprocess.run(
-        ["rabbitmqctl", "list_connections", "pid", "client_properties", "--no-table-headers", "-q"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        if name in line:
-            return line.split()[0]
-    raise AssertionError(f"no connection named {name!r} in {out!r}")
+from tests.support.rabbitmqctl import connection_pid
 
 
 async def test_connection_name_from_the_url_reaches_the_broker(amqp_url: str) -> None:
     name = f"leveret-{uuid.uuid4().hex[:8]}"
     async with await connect(f"{amqp_url}?name={name}") as conn:
         assert conn.is_open
-        assert _connection_pid(name).startswith("<")
+        assert connection_pid(name).startswith("<")
 
 
 async def test_client_properties_connection_name_reaches_the_broker(amqp_url: str) -> None:
     name = f"leveret-{uuid.uuid4().hex[:8]}"
     async with await connect(amqp_url, client_properties={"connection_name": name}):
-        assert _connection_pid(name)
+        assert connection_pid(name)
 
 
 async def test_tune_respects_what_the_client_asks(amqp_url: str) -> None:
@@ -142,7 +129,7 @@ async def test_broker_forced_close_fails_pending_work_with_its_reply_text(
     await channel.queue_declare(unique, exclusive=True)
     await asyncio.to_thread(
         subprocess.run,
-        ["rabbitmqctl", "close_connection", _connection_pid(name), "leveret test says bye"],
+        ["rabbitmqctl", "close_connection", connection_pid(name), "leveret test says bye"],
         check=True,
         capture_output=True,
     )

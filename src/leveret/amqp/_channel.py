@@ -1026,28 +1026,41 @@ class Channel:
 
     def _on_broker_cancel(self, consumer_tag: str) -> None:
         consumer = self._consumers.pop(consumer_tag, None)
-        if consumer is None:
-            return
-        self._notify_cancel(
-            consumer,
-            ConsumerCancelledError(
-                f"the broker cancelled consumer {consumer_tag!r} on queue {consumer.queue!r} "
-                "(the queue was deleted or is unavailable)"
-            ),
-        )
+        if consumer is not None:
+            self._notify_cancel(consumer, broker_cancelled(consumer_tag, consumer.queue))
 
     def _notify_cancel(self, consumer: Consumer, reason: BaseException) -> None:
-        if isinstance(reason, ConsumerCancelledError):
-            error = reason
-        else:
-            error = ConsumerCancelledError(f"consumer {consumer.tag!r} stopped: {reason}")
-            error.__cause__ = reason
-        if consumer.on_cancel is not None:
-            self._tasks.call(consumer.on_cancel, error)
-        elif not consumer.cancelled and not isinstance(
-            reason, ChannelClosedError | ConnectionClosedError
-        ):
-            log.warning("%s", error)
+        notify_cancel(self._tasks, consumer.tag, consumer.on_cancel, reason, consumer.cancelled)
+
+
+def broker_cancelled(consumer_tag: str, queue: str) -> ConsumerCancelledError:
+    """What a consumer's owner is told when the broker sends ``basic.cancel``."""
+    return ConsumerCancelledError(
+        f"the broker cancelled consumer {consumer_tag!r} on queue {queue!r} "
+        "(the queue was deleted or is unavailable)"
+    )
+
+
+def notify_cancel(
+    tasks: TaskOwner,
+    consumer_tag: str,
+    on_cancel: CancelCallback | None,
+    reason: BaseException,
+    cancelled_by_owner: bool = False,
+) -> None:
+    """Tell a consumer's owner that it stopped: through ``on_cancel``, else a warning
+    (none when its owner stopped it or closed its channel or connection)."""
+    if isinstance(reason, ConsumerCancelledError):
+        error = reason
+    else:
+        error = ConsumerCancelledError(f"consumer {consumer_tag!r} stopped: {reason}")
+        error.__cause__ = reason
+    if on_cancel is not None:
+        tasks.call(on_cancel, error)
+    elif not cancelled_by_owner and not isinstance(
+        reason, ChannelClosedError | ConnectionClosedError
+    ):
+        log.warning("%s", error)
 
 
 def _as_bytes(body: Any) -> bytes:

@@ -17,13 +17,12 @@ from inspect import isawaitable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..amqp import Channel, Delivery, DeliveryIterator
+from ..amqp._channel import broker_cancelled, notify_cancel
 from ..amqp._tasks import TaskOwner
 from ..exceptions import (
     BrokerError,
     ChannelClosedError,
     ConfigurationError,
-    ConnectionClosedError,
-    ConsumerCancelledError,
     DeliveryError,
     PublishNotConfirmedError,
     broker_error,
@@ -322,26 +321,11 @@ class ChannelCore:
 
     def _broker_cancelled(self, consumer: Consumer) -> None:
         """The consumer's queue was deleted: RabbitMQ sends basic.cancel."""
-        if self._consumers.pop(consumer.tag, None) is None:
-            return
-        self._notify_cancel(
-            consumer,
-            ConsumerCancelledError(
-                f"the broker cancelled consumer {consumer.tag!r} on queue {consumer.queue.name!r} "
-                "(the queue was deleted or is unavailable)"
-            ),
-        )
+        if self._consumers.pop(consumer.tag, None) is not None:
+            self._notify_cancel(consumer, broker_cancelled(consumer.tag, consumer.queue.name))
 
     def _notify_cancel(self, consumer: Consumer, reason: BaseException) -> None:
-        if isinstance(reason, ConsumerCancelledError):
-            error = reason
-        else:
-            error = ConsumerCancelledError(f"consumer {consumer.tag!r} stopped: {reason}")
-            error.__cause__ = reason
-        if consumer.on_cancel is not None:
-            self._tasks.call(consumer.on_cancel, error)
-        elif not isinstance(reason, ChannelClosedError | ConnectionClosedError):
-            log.warning("%s", error)
+        notify_cancel(self._tasks, consumer.tag, consumer.on_cancel, reason)
 
     # -- settling (called by Delivery.ack/nack/reject) --------------------------------
 
