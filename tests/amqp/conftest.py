@@ -12,8 +12,7 @@ from tests.conftest import AMQP_URL
 from tests.support.brokers import PrivateNode
 from tests.support.proxy import TCPProxy
 
-# Index 3 of 0..4 (see test_tls.py, which takes 4): modules that need a node of
-# their own in the same process start with the first indexes.
+# The node index this module owns: see the list in tests/support/brokers.py.
 _PRIVATE_NODE_INDEX = 3
 
 

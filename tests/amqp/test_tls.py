@@ -28,8 +28,7 @@ from leveret.exceptions import AuthenticationError, ConfigurationError, ConnectE
 from tests.support.brokers import NODES_ROOT, PrivateNode
 
 CLIENT_CN = "leveret-tls-client"
-# Ports of a test process's nodes are base + 2 * index for index 0..4: take the
-# last so that modules using the first few indexes never collide with this one.
+# The node index this module owns: see the list in tests/support/brokers.py.
 NODE_INDEX = 4
 
 

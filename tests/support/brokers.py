@@ -17,9 +17,17 @@ from pathlib import Path
 NODES_ROOT = Path("/tmp/leveret-nodes")
 
 
+MAX_NODES = 10  # per test process: indexes 0..9
+# Who uses which index, so that modules run in one process never share a node:
+#   0: tests/faults/test_broker_restart.py    3: tests/amqp/conftest.py (private_node)
+#   4: tests/amqp/test_tls.py                 5, 6, 7: tests/faults/test_cluster.py
+
+
 def _base_port() -> int:
-    # 30000..39990 in steps of 10; the Erlang distribution port is +20000.
-    return 30000 + (os.getpid() % 1000) * 10
+    # Ports 10000..19999, 20 per test process (an AMQP and a TLS port for each of
+    # 10 nodes), with the Erlang distribution ports 10000 higher: all below Linux's
+    # ephemeral range (32768+), so no outgoing connection can hold one of them.
+    return 10000 + (os.getpid() % 500) * 2 * MAX_NODES
 
 
 class PrivateNode:
@@ -32,6 +40,8 @@ class PrivateNode:
         config: Iterable[str] = (),
         plugins: Iterable[str] = (),
     ) -> None:
+        if not 0 <= index < MAX_NODES:
+            raise ValueError(f"node index {index} is outside 0..{MAX_NODES - 1}")
         self.index = index
         self.name = f"lvt{os.getpid()}n{index}@localhost"
         self.port = _base_port() + index * 2
@@ -49,7 +59,7 @@ class PrivateNode:
         env.update(
             RABBITMQ_NODENAME=self.name,
             RABBITMQ_NODE_PORT=str(self.port),
-            RABBITMQ_DIST_PORT=str(self.port + 20000),
+            RABBITMQ_DIST_PORT=str(self.port + 10000),
             RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
             RABBITMQ_LOG_BASE=str(self.dir / "log"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
