@@ -81,7 +81,8 @@ TARGETS: Final = (
 )
 
 TaskFunc = Callable[..., Awaitable[Any]]
-SendOne = Callable[[int], Awaitable[object]]
+#: ``create_task(name, kwargs)`` or ``call(name, kwargs)`` of either library.
+Send = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +121,11 @@ class PatternsClient(Protocol):
         self, queue: str, func: TaskFunc, durable: bool, prefetch: int | None
     ) -> None: ...
 
-    async def task_sender(self, queue: str) -> SendOne: ...
+    async def task_creator(self) -> Send: ...
 
     async def start_callee(self, queue: str, func: TaskFunc, prefetch: int | None) -> None: ...
 
-    async def caller(self, queue: str) -> SendOne: ...
+    async def rpc_caller(self) -> Send: ...
 
     async def close(self) -> None: ...
 
@@ -152,16 +153,11 @@ class LeveretPatterns:
         self._master = Master(self._channel)
         await self._master.create_worker(queue, func, durable=durable, prefetch_count=prefetch)
 
-    async def task_sender(self, queue: str) -> SendOne:
+    async def task_creator(self) -> Send:
         from leveret.patterns import Master
 
-        self._master = master = Master(self._channel)
-        create_task = master.create_task
-
-        def send(i: int) -> Awaitable[None]:
-            return create_task(queue, {"task_id": i})
-
-        return send
+        self._master = Master(self._channel)
+        return self._master.create_task
 
     async def start_callee(self, queue: str, func: TaskFunc, prefetch: int | None) -> None:
         from leveret.patterns import RPC
@@ -169,16 +165,11 @@ class LeveretPatterns:
         self._rpc = await RPC.create(self._channel)
         await self._rpc.register(queue, func, prefetch_count=prefetch)
 
-    async def caller(self, queue: str) -> SendOne:
+    async def rpc_caller(self) -> Send:
         from leveret.patterns import RPC
 
-        self._rpc = rpc = await RPC.create(self._channel)
-        call = rpc.call
-
-        def send(i: int) -> Awaitable[Any]:
-            return call(queue, {"x": i, "y": 2})
-
-        return send
+        self._rpc = await RPC.create(self._channel)
+        return self._rpc.call
 
     async def close(self) -> None:
         try:
@@ -219,15 +210,10 @@ class AioPikaPatterns:
         master = JsonMaster(self._channel)
         self._worker = await master.create_worker(queue, func, durable=durable)
 
-    async def task_sender(self, queue: str) -> SendOne:
+    async def task_creator(self) -> Send:
         from aio_pika.patterns import JsonMaster
 
-        create_task = JsonMaster(self._channel).create_task
-
-        def send(i: int) -> Awaitable[object]:
-            return create_task(queue, {"task_id": i})
-
-        return send
+        return JsonMaster(self._channel).create_task
 
     async def start_callee(self, queue: str, func: TaskFunc, prefetch: int | None) -> None:
         from aio_pika.patterns import JsonRPC
@@ -237,16 +223,11 @@ class AioPikaPatterns:
         self._rpc = await JsonRPC.create(self._channel)
         await self._rpc.register(queue, func)
 
-    async def caller(self, queue: str) -> SendOne:
+    async def rpc_caller(self) -> Send:
         from aio_pika.patterns import JsonRPC
 
-        self._rpc = rpc = await JsonRPC.create(self._channel)
-        call = rpc.call
-
-        def send(i: int) -> Awaitable[Any]:
-            return call(queue, {"x": i, "y": 2})
-
-        return send
+        self._rpc = await JsonRPC.create(self._channel)
+        return self._rpc.call
 
     async def close(self) -> None:
         try:
@@ -306,7 +287,8 @@ def _child(role: str, case: Case, url: str, queue: str, sync: Sync) -> None:
 
 @contextlib.contextmanager
 def _profiled(case: Case, role: str) -> Iterator[cProfile.Profile | None]:
-    """A started cProfile if the case asks for one; its report when the block ends."""
+    """A cProfile for the measured part if the case asks for one (the block enables
+    and disables it); its report when the block ends."""
     if not case.profile:
         yield None
         return
@@ -316,6 +298,32 @@ def _profiled(case: Case, role: str) -> Iterator[cProfile.Profile | None]:
     finally:
         profiler.disable()
         report_profile(case.library, f"{case.scenario}-{role}", profiler, top=25)
+
+
+@dataclasses.dataclass
+class Measured:
+    """Wall clock (``clock``) and this process's CPU time over a measured part."""
+
+    start: float = 0.0
+    end: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _measured(case: Case, role: str) -> Iterator[Measured]:
+    """Time the block (and profile it if the case asks)."""
+    measured = Measured()
+    with _profiled(case, role) as profiler:
+        measured.start, start_cpu = clock(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        try:
+            yield measured
+        finally:
+            if profiler is not None:
+                profiler.disable()
+            measured.end = clock()
+            measured.cpu_seconds = time.process_time() - start_cpu
 
 
 async def serve_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
@@ -353,9 +361,9 @@ async def serve_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str,
         client = await open_client(case, url, "worker")
         try:
             await client.start_worker(queue, task, case.durable, case.prefetch)
-            await asyncio.to_thread(sync.ready.wait, 120.0)
-            if case.warmup == 0:
+            if case.warmup == 0:  # nothing is sent before everyone is ready
                 measure_from_here()
+            await asyncio.to_thread(sync.ready.wait, 120.0)
             async with asyncio.timeout(run_timeout(case)):
                 await done
             # Let the last acks leave before the worker is closed.
@@ -375,28 +383,22 @@ async def send_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str, 
     """The producer process: warm up, then send N tasks over ``case.lanes`` lanes."""
     client = await open_client(case, url, "producer")
     try:
-        send = await client.task_sender(queue)
+        create_task = await client.task_creator()
+
+        def send(i: int) -> Awaitable[Any]:
+            return create_task(queue, {"task_id": i})
+
         await asyncio.to_thread(sync.ready.wait, 120.0)
         if case.warmup:
             await run_lanes(case.warmup, case.lanes, send)
             if not await asyncio.to_thread(sync.warmed.wait, 120.0):
                 raise RuntimeError("the worker did not finish the warm-up tasks")
         await asyncio.to_thread(sync.go.wait, 120.0)
-
-        def measured(i: int) -> Awaitable[object]:
-            return send(case.warmup + i)
-
-        with _profiled(case, "producer") as profiler:
-            start, start_cpu = clock(), time.process_time()
-            if profiler is not None:
-                profiler.enable()
-            await run_lanes(case.n, case.lanes, measured)
-            if profiler is not None:
-                profiler.disable()
-            end, cpu = clock(), time.process_time() - start_cpu
+        with _measured(case, "producer") as measured:
+            await run_lanes(case.n, case.lanes, lambda i: send(case.warmup + i))
     finally:
         await client.close()
-    return {"start": start, "end": end, "cpu_seconds": cpu}
+    return dataclasses.asdict(measured)
 
 
 async def multiply(*, x: int, y: int) -> int:
@@ -410,55 +412,42 @@ async def serve_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str,
         await client.start_callee(queue, multiply, case.prefetch)
         await asyncio.to_thread(sync.ready.wait, 120.0)
         await asyncio.to_thread(sync.go.wait, 120.0)
-        with _profiled(case, "callee") as profiler:
-            start_cpu = time.process_time()
-            if profiler is not None:
-                profiler.enable()
+        with _measured(case, "callee") as measured:
             stopped = await asyncio.to_thread(sync.stop.wait, run_timeout(case))
-            if profiler is not None:
-                profiler.disable()
-            cpu = time.process_time() - start_cpu
         if not stopped:
             raise RuntimeError("the callee was not told to stop in time")
     finally:
         await client.close()
-    return {"cpu_seconds": cpu}
+    return dataclasses.asdict(measured)
 
 
 async def make_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
     """The caller process: warm up, then N calls with ``case.lanes`` in flight."""
     client = await open_client(case, url, "caller")
     try:
-        call = await client.caller(queue)
-        await asyncio.to_thread(sync.ready.wait, 120.0)
-        await run_lanes(case.warmup, case.lanes, call)
-        await asyncio.to_thread(sync.go.wait, 120.0)
+        call = await client.rpc_caller()
         latencies: list[int] = []
         now = time.perf_counter_ns
 
         async def timed(i: int) -> None:
             sent = now()
-            result = await call(case.warmup + i)
+            result = await call(queue, {"x": i, "y": 2})
             latencies.append(now() - sent)
-            if result != (case.warmup + i) * 2:
+            if result != i * 2:
                 raise RuntimeError(f"call {i} returned {result!r}")
 
-        with _profiled(case, "caller") as profiler:
-            start, start_cpu = clock(), time.process_time()
-            if profiler is not None:
-                profiler.enable()
+        await asyncio.to_thread(sync.ready.wait, 120.0)
+        await run_lanes(case.warmup, case.lanes, timed)
+        await asyncio.to_thread(sync.go.wait, 120.0)
+        latencies.clear()  # the warm-up's
+        with _measured(case, "caller") as measured:
             async with asyncio.timeout(run_timeout(case)):
-                await run_lanes(case.n, case.lanes, timed)
-            if profiler is not None:
-                profiler.disable()
-            end, cpu = clock(), time.process_time() - start_cpu
+                await run_lanes(case.n, case.lanes, lambda i: timed(case.warmup + i))
     finally:
         await client.close()
     latencies.sort()
     return {
-        "start": start,
-        "end": end,
-        "cpu_seconds": cpu,
+        **dataclasses.asdict(measured),
         "latency_ms": {
             "p50": round(_percentile(latencies, 50) / 1e6, 3),
             "p90": round(_percentile(latencies, 90) / 1e6, 3),
@@ -511,9 +500,12 @@ async def run_case(case: Case, url: str, round_no: int) -> dict[str, Any]:
     # queue beside a worker's queue (it stays empty unless a task fails).
     queues = [queue]
     if case.library == "leveret" and case.is_master:
-        from leveret.patterns import dead_letter_queue
+        from leveret import patterns
 
-        queues.append(dead_letter_queue(queue))
+        # getattr: so the benchmark also runs on revisions from before dead-letter queues
+        dead_letter_queue = getattr(patterns, "dead_letter_queue", None)
+        if dead_letter_queue is not None:
+            queues.append(dead_letter_queue(queue))
     admin = await amqp.connect(url, name="patterns_bench admin")
     left: dict[str, int] | None = None
     by_role: dict[str, dict[str, Any]] = {}
@@ -788,6 +780,19 @@ def summarize_case(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "broker_cpu_us_per_msg": of("machine", "broker_cpu_us_per_msg"),
         "other_load_cores": of("machine", "other_load_cores"),
     }
+    loaded = [
+        (run_result["machine"]["other_load_cores"], index)
+        for index, run_result in enumerate(rounds)
+        if run_result["machine"].get("other_load_cores") is not None
+    ]
+    if loaded:  # the round with the least other load: the least noisy numbers
+        load, index = min(loaded)
+        summary["quietest_round"] = {
+            "round": index + 1,
+            "other_load_cores": load,
+            "per_s": rounds[index]["per_s"],
+            "producer_confirmed_per_s": rounds[index].get("producer_confirmed_per_s"),
+        }
     memory = rounds[0].get("memory") if rounds else None
     if memory:
         ordered = sorted(memory.items(), key=lambda item: int(item[0]))
@@ -882,6 +887,17 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{scenario['name']:<15}{'ratio':<9}{label:<28}{fmt_ratio(pair['per_s']):>9}"
                 f"{fmt_ratio(pair['producer_confirmed_per_s']):>11}"
             )
+    if report["rounds"] > 1:
+        print("\nquietest round of each (least other load; the least noisy numbers):")
+        for scenario in report["scenarios"]:
+            for case in scenario["cases"]:
+                quiet = case["summary"].get("quietest_round")
+                if quiet and scenario["name"] != "memory":
+                    print(
+                        f"  {scenario['name']:<15}{case['library']:<9}{case['variant']:<28}"
+                        f"round {quiet['round']} (other load {quiet['other_load_cores']:.2f}): "
+                        f"{fmt(quiet['per_s'])}/s"
+                    )
     print_prefetch(report)
     print_memory(report)
     print("\nbroker ceiling (../shared/reference/README.md):")
@@ -911,8 +927,15 @@ def print_prefetch(report: dict[str, Any]) -> None:
                 f"  prefetch {prefetch:>5}: {fmt(row['per_s']):>7} tasks/s end to end, "
                 f"producer {fmt(row['producer_confirmed_per_s'])}/s, worker cpu "
                 f"{fmt(row['server_cpu_us_per_msg'], 1)} µs/task, other load "
-                f"{fmt(row['other_load_cores'], 2)}"
+                f"{fmt(row['other_load_cores'], 2)}{_quietest(report, row)}"
             )
+
+
+def _quietest(report: dict[str, Any], row: dict[str, Any]) -> str:
+    quiet = row.get("quietest_round")
+    if report["rounds"] < 2 or not quiet:
+        return ""
+    return f"; quietest round {fmt(quiet['per_s'])}/s (other load {quiet['other_load_cores']:.2f})"
 
 
 def print_memory(report: dict[str, Any]) -> None:
@@ -983,9 +1006,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     report = asyncio.run(run(args))
+    path = None if args.no_save else write_results("patterns", report)
     print_table(report)
-    if not args.no_save:
-        path = write_results("patterns", report)
+    if path is not None:
         print(f"results: {path} (and {path.with_name('patterns-latest.json')})")
 
 
