@@ -45,7 +45,11 @@ class JSONSerializer(Serializer):
             raise SerializationError(f"cannot encode as JSON: {exc}") from None
 
     def loads(self, data: bytes) -> Any:
-        return json.loads(data)
+        try:
+            text = data.decode()  # json.loads(bytes) would first guess the encoding
+        except UnicodeDecodeError:
+            return json.loads(data)  # UTF-16/32 JSON, or not JSON at all: let json say
+        return json.loads(text)
 
 
 class MsgpackSerializer(Serializer):

@@ -82,7 +82,7 @@ class Master(Base):
             SerializationError: ``kwargs`` cannot be encoded.
             PublishError, ChannelClosedError: the broker did not take it.
         """
-        body = self._encode(dict(kwargs))
+        body = self._encode(kwargs if type(kwargs) is dict else dict(kwargs))
         if _observe.observers:
             headers = _observe.send_headers("task", channel_name, dict(headers or {}))
         try:

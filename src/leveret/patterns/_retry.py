@@ -21,6 +21,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from ..amqp import Delivery
 from ..exceptions import ConfigurationError
 
 #: The attempt this delivery is (1 for the first run).
@@ -124,7 +125,10 @@ class TaskInfo:
     headers: Mapping[str, Any]
 
 
-_current: contextvars.ContextVar[TaskInfo] = contextvars.ContextVar("leveret_task")
+#: (name, delivery, attempt, redeliveries) of the task being run in this context.
+_current: contextvars.ContextVar[tuple[str, Delivery, int, int]] = contextvars.ContextVar(
+    "leveret_task"
+)
 
 
 def current_task() -> TaskInfo:
@@ -133,7 +137,9 @@ def current_task() -> TaskInfo:
     Raises:
         LookupError: called outside a task function.
     """
-    return _current.get()
+    name, delivery, attempt, redeliveries = _current.get()
+    headers = delivery.properties.headers or {}
+    return TaskInfo(name, delivery.properties.message_id, attempt, redeliveries, headers)
 
 
 def int_header(headers: Mapping[str, Any] | None, name: str, default: int) -> int:

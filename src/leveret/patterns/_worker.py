@@ -40,7 +40,6 @@ from ._retry import (
     REDELIVERIES_HEADER,
     TRACEBACK_HEADER,
     RetryPolicy,
-    TaskInfo,
     _current,
     dead_letter_queue,
     int_header,
@@ -188,12 +187,15 @@ class Worker:
         if problem is not None:
             reason = f"{problem} for {self._call.func!r}"
             return await self._dead_letter(delivery, reason, attempt), None
-        info = TaskInfo(name, delivery.properties.message_id, attempt, redeliveries, headers or {})
-        token = _current.set(info)
-        limit = asyncio.timeout(self.time_limit)
+        # What current_task() reports, built only if the function asks for it.
+        token = _current.set((name, delivery, attempt, redeliveries))
+        limit = None if self.time_limit is None else asyncio.timeout(self.time_limit)
         try:
-            async with limit:
+            if limit is None:  # entering a timeout context costs a few µs per task
                 await self._call(kwargs)
+            else:
+                async with limit:
+                    await self._call(kwargs)
         except MessageProcessingError as exc:
             if exc.requeue:
                 settle(delivery, "nack", requeue=True, what=f"task {name!r}")
@@ -206,7 +208,7 @@ class Worker:
             settle(delivery, "nack", requeue=True, what=f"task {name!r}")
             raise
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and limit.expired():
+            if isinstance(exc, TimeoutError) and limit is not None and limit.expired():
                 exc = TimeoutError(f"task {name!r} ran longer than its {self.time_limit} s limit")
             return await self._failed(delivery, exc, attempt), exc
         finally:
