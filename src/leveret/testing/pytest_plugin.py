@@ -19,7 +19,7 @@ Fixtures (all function-scoped; everything they open is closed after the test):
     name for the test's duration (see ``leveret_url``).
 ``leveret_url``
     The ``memory://<name>`` URL of ``leveret_broker``: hand it to code under test
-    that connects by URL (:func:`~leveret.testing.connect_memory`).
+    that connects by URL (``leveret.connect``, ``connect_robust``, ``App(url)``).
 ``leveret_connection``
     A connection to ``leveret_broker``.
 ``leveret_channel``
