@@ -77,17 +77,34 @@ def _run(url: str, work: Callable[[Channel], Awaitable[T]]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _log_level_option(default: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """``--log-level``, taken before the command (``leveret --log-level info run ...``)
+    or after it (``leveret run ... --log-level info``)."""
+
+    def configure(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        chosen = value or (ctx.obj or {}).get("log_level") or default
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", force=True)
+        logging.getLogger().setLevel(chosen.upper())
+
+    return click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS),
+        callback=configure,
+        expose_value=False,
+        is_eager=True,
+        help=f"What leveret logs to stderr (default: {default}).",
+    )
+
+
 @click.group()
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="error",
-    show_default=True,
-    help="What leveret logs to stderr (errors are reported either way).",
-)
-def main(log_level: str) -> None:
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), help="The default for every command.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
     """leveret: Master/Worker and RPC over RabbitMQ."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"log_level": log_level}
 
 
 @main.group()
@@ -96,6 +113,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
+@_log_level_option("error")
 @click.argument("task")
 @click.option("--limit", default=50, show_default=True, help="How many to show, oldest first.")
 @url_option
@@ -122,6 +140,7 @@ def dlq_list(task: str, limit: int, url: str) -> None:
 
 
 @dlq.command("show")
+@_log_level_option("error")
 @click.argument("task")
 @click.option("--index", default=0, show_default=True, help="Which one (0: the oldest).")
 @click.option("--message-id", help="Pick it by message id instead.")
@@ -157,6 +176,7 @@ def _show(letter: DeadLetter) -> None:
 
 
 @dlq.command("replay")
+@_log_level_option("error")
 @click.argument("task")
 @click.option("--limit", type=int, help="Move at most this many (default: all).")
 @click.option("--message-id", "message_ids", multiple=True, help="Only these (repeatable).")
@@ -192,6 +212,7 @@ def _load_app(target: str) -> App:
 
 
 @main.command()
+@_log_level_option("info")
 @click.argument("target")
 @click.option("--processes", default=1, show_default=True, help="Worker processes to run.")
 @click.option("--prefetch", type=int, help="Tasks per worker at once (default: each task's).")
@@ -236,7 +257,7 @@ def _serve(
     async def main() -> None:
         async with await connect_robust(url, name=f"{app.name} worker") as connection:
             master, rpc = await app.start(connection, prefetch_count=prefetch)
-            log.warning(
+            log.info(
                 "serving %d tasks and %d rpc methods of %r on %s (pid %d)",
                 len(app.tasks),
                 len(app.rpcs),
@@ -278,6 +299,7 @@ def _run_processes(
     ]
     if prefetch is not None:
         command += ["--prefetch", str(prefetch)]
+    command += ["--log-level", logging.getLevelName(logging.getLogger().level).lower()]
     children = [
         subprocess.Popen(
             command if metrics_port is None else [*command, "--metrics-port", str(metrics_port + i)]
@@ -297,6 +319,7 @@ def _run_processes(
 
 
 @main.command()
+@_log_level_option("error")
 @click.argument("target")
 @url_option
 def status(target: str, url: str) -> None:
@@ -332,6 +355,7 @@ def status(target: str, url: str) -> None:
 
 
 @main.command()
+@_log_level_option("error")
 @click.option("--tasks", default=10_000, show_default=True, help="Tasks to send.")
 @click.option("--calls", default=1_000, show_default=True, help="Sequential RPC calls to make.")
 @url_option
