@@ -346,3 +346,18 @@ async def test_json_content_types_are_matched_as_media_types(
     await Master(channel).create_worker(cleanup.queue(unique), lambda *, n: seen.append(n))
     await channel.publish(b'{"n": 1}', routing_key=unique, content_type=content_type)
     await wait_until(lambda: seen == [1], 5, "the task")
+
+
+async def test_copies_made_by_the_worker_carry_the_senders_user_id_as_a_header(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    async def explode() -> None:
+        raise ValueError("no")
+
+    await Master(channel).create_worker(cleanup.queue(unique), explode)
+    await channel.publish(
+        b"{}", routing_key=unique, content_type="application/json", user_id="guest"
+    )
+    (dead,) = await dead_letters(channel, unique, 1)
+    assert dead.properties.user_id is None  # the broker would refuse a copy from another user
+    assert dead.properties.headers["x-leveret-original-user-id"] == "guest"

@@ -42,6 +42,8 @@ ORIGINAL_ROUTING_KEY_HEADER = "x-leveret-original-routing-key"
 DEAD_LETTERED_AT_HEADER = "x-leveret-dead-lettered-at"
 #: What a copy of a task had to leave out because it would not encode again.
 DROPPED_HEADER = "x-leveret-dropped"
+#: The user_id of the original message (the broker refuses a copy that keeps it).
+ORIGINAL_USER_ID_HEADER = "x-leveret-original-user-id"
 
 DEAD_LETTER_HEADERS = (
     REASON_HEADER,

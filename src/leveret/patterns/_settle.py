@@ -14,7 +14,7 @@ from typing import Any
 from ..amqp import Delivery, Properties
 from ..exceptions import AMQPError, ConfigurationError, DeliveryError, MessageReturnedError
 from ._base import PatternChannel
-from ._retry import DROPPED_HEADER
+from ._retry import DROPPED_HEADER, ORIGINAL_USER_ID_HEADER
 
 log = logging.getLogger("leveret.patterns")
 
@@ -111,6 +111,11 @@ def _copies(
     """
     original = delivery.properties
     own = original.headers or {}
+    if original.user_id is not None:
+        # The broker checks user_id against who publishes, and the copy is ours: the
+        # sender's id travels as a header instead.
+        added = {ORIGINAL_USER_ID_HEADER: original.user_id, **added}
+        original = original.replace(user_id=None)
     yield original.replace(headers={**own, **added}, expiration=expiration)
     dropped: list[str] = []
     kept: dict[str, Any] = {}
