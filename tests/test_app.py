@@ -110,8 +110,8 @@ async def test_handles_are_plain_callables_and_reach_workers_started_by_the_app(
         await master.close()
         await rpc.close()
         channel = await serving.channel()
-        await channel.queue_delete(greet.name)
-        await channel.queue_delete(f"{greet.name}.dlq")
+        for queue in (greet.name, f"{greet.name}.dlq", shout.name):
+            await channel.queue_delete(queue)
 
 
 def test_a_name_declared_twice_is_refused() -> None:
