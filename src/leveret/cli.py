@@ -262,7 +262,7 @@ def _serve(
                 len(app.tasks),
                 len(app.rpcs),
                 app.name,
-                parse_urls(url).safe_url(),
+                _shown(url),
                 os.getpid(),
             )
             await serve(master, rpc, timeout=shutdown_timeout)
