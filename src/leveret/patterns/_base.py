@@ -212,6 +212,26 @@ def _listed(names: Collection[Any], limit: int = 10) -> str:
     return ", ".join(shown[:limit]) + more
 
 
+def is_quorum(
+    queue: str, queue_type: str, *, durable: bool, exclusive: bool, auto_delete: bool
+) -> bool:
+    """Whether ``queue_type`` asks for a quorum queue (``"quorum"``) or not (``"classic"``).
+
+    Raises:
+        ConfigurationError: another type, or a quorum queue asked to be
+            non-durable, exclusive or auto-delete.
+    """
+    if queue_type == "quorum":
+        if exclusive or auto_delete or not durable:
+            raise ConfigurationError(
+                f"queue {queue!r}: a quorum queue is durable, never exclusive or auto-delete"
+            )
+        return True
+    if queue_type != "classic":
+        raise ConfigurationError(f"queue_type={queue_type!r} is not 'classic' or 'quorum'")
+    return False
+
+
 class KeywordCall:
     """A user function called with keyword arguments from the wire.
 

@@ -15,10 +15,10 @@ from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ..exceptions import ConfigurationError, MessageReturnedError, UnroutableError
+from ..exceptions import MessageReturnedError, UnroutableError
 from ..serializers import Serializer
 from . import _observe
-from ._base import Base, KeywordCall, PatternChannel, Proxy
+from ._base import Base, KeywordCall, PatternChannel, Proxy, is_quorum
 from ._retry import RetryPolicy, dead_letter_queue
 from ._worker import Worker
 
@@ -143,18 +143,13 @@ class Master(Base):
         call = KeywordCall(queue_name, func)
         policy = retries or RetryPolicy()
         queue_arguments = dict(arguments or {})
-        if queue_type == "quorum":
-            if exclusive or auto_delete or not durable:
-                raise ConfigurationError(
-                    f"queue {queue_name!r}: a quorum queue is durable, never exclusive or "
-                    "auto-delete"
-                )
+        if is_quorum(
+            queue_name, queue_type, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+        ):
             queue_arguments = {
                 **_quorum_arguments(queue_name, policy, dead_letter),
                 **queue_arguments,
             }
-        elif queue_type != "classic":
-            raise ConfigurationError(f"queue_type={queue_type!r} is not 'classic' or 'quorum'")
         if dead_letter:
             await self._declare_dead_letter_queue(queue_name, queue_type)
         await self.channel.queue_declare(

@@ -34,7 +34,7 @@ from ..exceptions import (
 )
 from ..serializers import Serializer
 from . import _observe
-from ._base import Base, KeywordCall, PatternChannel, Proxy
+from ._base import Base, KeywordCall, PatternChannel, Proxy, is_quorum
 from ._master import DEFAULT_PREFETCH
 from ._retry import DELIVERY_COUNT_HEADER, REDELIVERIES_HEADER, int_header
 from ._runner import Runner
@@ -360,15 +360,13 @@ class RPC(Base):
             raise ConfigurationError(f"{method_name!r} is already registered on this RPC")
         call = KeywordCall(method_name, func)
         queue_arguments = dict(arguments or {})
-        if queue_type == "quorum":
-            if exclusive or auto_delete:
-                raise ConfigurationError(
-                    f"queue {method_name!r}: a quorum queue is never exclusive or auto-delete"
-                )
-            durable = True
+        # RPC queues are transient by default; a quorum queue never is.
+        durable = durable or queue_type == "quorum"
+        quorum = is_quorum(
+            method_name, queue_type, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+        )
+        if quorum:
             queue_arguments = {"x-queue-type": "quorum", **queue_arguments}
-        elif queue_type != "classic":
-            raise ConfigurationError(f"queue_type={queue_type!r} is not 'classic' or 'quorum'")
         await self.channel.queue_declare(
             method_name,
             durable=durable,
@@ -378,7 +376,7 @@ class RPC(Base):
         )
         limit = prefetch_count or self.prefetch_count
 
-        broker_counts = queue_type == "quorum"  # only a quorum queue's x-delivery-count counts
+        broker_counts = quorum  # only a quorum queue's x-delivery-count counts
 
         async def handle(delivery: Delivery) -> None:
             await self._handle_call(call, delivery, broker_counts)
