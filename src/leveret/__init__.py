@@ -4,6 +4,7 @@ The patterns live in :mod:`leveret.patterns`; the AMQP client they run on in
 :mod:`leveret.amqp`; every exception in :mod:`leveret.exceptions`.
 """
 
+from ._version import __version__
 from .amqp import (
     Channel,
     Connection,
@@ -28,8 +29,6 @@ from .exceptions import (
     UnroutableError,
 )
 from .patterns import RPC, Master, NackMessage, RejectMessage, Worker
-
-__version__ = "0.1.0"
 
 __all__ = [
     "RPC",

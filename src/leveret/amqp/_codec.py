@@ -32,7 +32,8 @@ FRAME_METHOD = 1
 FRAME_HEADER = 2
 FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
-FRAME_END = b"\xce"
+FRAME_END_OCTET = 0xCE
+FRAME_END = bytes((FRAME_END_OCTET,))
 FRAME_HEADER_STRUCT = struct.Struct(">BHI")
 
 _u8 = struct.Struct(">B")

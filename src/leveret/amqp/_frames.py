@@ -16,8 +16,10 @@ from ..exceptions import ConfigurationError
 from ._codec import (
     FRAME_BODY,
     FRAME_END,
+    FRAME_END_OCTET,
     FRAME_HEADER,
     FRAME_HEADER_STRUCT,
+    FRAME_METHOD,
     FieldTable,
     decode_table,
     encode_shortstr,
@@ -35,8 +37,7 @@ _tag_and_bits = struct.Struct(">QB")
 BASIC_DELIVER = (60 << 16) | 60
 BASIC_ACK = (60 << 16) | 80
 BASIC_NACK = (60 << 16) | 120
-BASIC_RETURN = (60 << 16) | 50
-BASIC_GET_OK = (60 << 16) | 71
+BASIC_REJECT = (60 << 16) | 90
 _PUBLISH_PREFIX = b"\x00\x3c\x00\x28\x00\x00"  # basic.publish, reserved short
 
 _CONTENT_TYPE = 0x8000
@@ -135,6 +136,11 @@ class Properties:
             if value is None:
                 copy.__dict__.pop(name, None)
         return copy
+
+    @classmethod
+    def decode(cls, data: bytes) -> Properties:
+        """Properties from their encoding (what :meth:`encode` returns)."""
+        return decode_properties(data, 0)
 
     def as_dict(self) -> dict[str, Any]:
         """The properties that are set, by name."""
@@ -316,7 +322,7 @@ def publish_method_frame(channel: int, exchange: str, routing_key: str, mandator
         + encode_shortstr(routing_key, "routing key")
         + (b"\x01" if mandatory else b"\x00")
     )
-    return _body_frame_header.pack(1, channel, len(payload)) + payload + FRAME_END
+    return _body_frame_header.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END
 
 
 def message_frames(
@@ -361,16 +367,22 @@ def message_frames(
 
 
 def ack_frame(channel: int, delivery_tag: int, multiple: bool) -> bytes:
-    return _method_with_tag.pack(1, channel, 13, BASIC_ACK, delivery_tag, multiple, 0xCE)
+    return _method_with_tag.pack(
+        FRAME_METHOD, channel, 13, BASIC_ACK, delivery_tag, multiple, FRAME_END_OCTET
+    )
 
 
 def nack_frame(channel: int, delivery_tag: int, multiple: bool, requeue: bool) -> bytes:
     bits = (1 if multiple else 0) | (2 if requeue else 0)
-    return _method_with_tag.pack(1, channel, 13, BASIC_NACK, delivery_tag, bits, 0xCE)
+    return _method_with_tag.pack(
+        FRAME_METHOD, channel, 13, BASIC_NACK, delivery_tag, bits, FRAME_END_OCTET
+    )
 
 
 def reject_frame(channel: int, delivery_tag: int, requeue: bool) -> bytes:
-    return _method_with_tag.pack(1, channel, 13, (60 << 16) | 90, delivery_tag, requeue, 0xCE)
+    return _method_with_tag.pack(
+        FRAME_METHOD, channel, 13, BASIC_REJECT, delivery_tag, requeue, FRAME_END_OCTET
+    )
 
 
 def decode_tag_and_bits(buf: bytes, offset: int) -> tuple[int, int]:

@@ -1,13 +1,42 @@
-"""What the broker hands us: deliveries, returned messages, declare results."""
+"""What the broker hands us: deliveries, returned messages, declare results; and the
+settle seam a delivery talks to."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple, NoReturn, Protocol
 
+from ..exceptions import DeliveryError
 from ._frames import Properties
 
 if TYPE_CHECKING:
-    from ._channel import Channel
+    from ._consumer import ConsumingChannel
+
+#: How a delivery is settled: ``"ack"``, ``"nack"`` or ``"reject"``.
+SettleKind = Literal["ack", "nack", "reject"]
+#: The queue types RabbitMQ offers (``x-queue-type``).
+QueueType = Literal["classic", "quorum", "stream"]
+
+
+class Settler(Protocol):
+    """Where a delivery's ack, nack and reject go: the settle seam.
+
+    A channel gives each delivery the settler of its current life on the
+    broker (the AMQP channel's ack window, the in-memory channel's unacked
+    deliveries). :class:`Delivery` checks that the settle is allowed (not settled
+    yet, not ``no_ack``, the channel still open), then calls :meth:`settle`.
+    """
+
+    @property
+    def open(self) -> bool:
+        """False once the channel has closed or reopened since the delivery arrived:
+        the broker has requeued what it held and a settle cannot be sent."""
+
+    @property
+    def channel(self) -> ConsumingChannel:
+        """The channel the deliveries arrived on."""
+
+    def settle(self, delivery_tag: int, kind: SettleKind, requeue: bool) -> None:
+        """Send (or queue) the ack, nack or reject of ``delivery_tag``; never raises."""
 
 
 class Delivery:
@@ -21,8 +50,7 @@ class Delivery:
     """
 
     __slots__ = (
-        "_channel",
-        "_generation",
+        "_settler",
         "body",
         "consumer_tag",
         "delivery_tag",
@@ -37,8 +65,7 @@ class Delivery:
 
     def __init__(
         self,
-        channel: Channel,
-        generation: int,
+        settler: Settler,
         body: bytes,
         properties: Properties,
         delivery_tag: int,
@@ -49,8 +76,7 @@ class Delivery:
         no_ack: bool,
         message_count: int | None = None,
     ) -> None:
-        self._channel = channel
-        self._generation = generation
+        self._settler = settler
         self.body = body
         self.properties = properties
         self.delivery_tag = delivery_tag
@@ -60,13 +86,14 @@ class Delivery:
         self.consumer_tag = consumer_tag
         self.no_ack = no_ack
         self.message_count = message_count
-        #: ``None`` until settled, then ``"ack"``, ``"nack"`` or ``"reject"``.
-        self.settled: str | None = "auto" if no_ack else None
+        #: ``None`` until settled, then ``"ack"``, ``"nack"`` or ``"reject"``
+        #: (``"auto"`` from the start when consumed with ``no_ack``).
+        self.settled: SettleKind | Literal["auto"] | None = "auto" if no_ack else None
 
     @property
-    def channel(self) -> Channel:
+    def channel(self) -> ConsumingChannel:
         """The channel this delivery arrived on."""
-        return self._channel
+        return self._settler.channel
 
     def ack(self) -> None:
         """Acknowledge: the broker forgets the message.
@@ -75,7 +102,11 @@ class Delivery:
             DeliveryError: already settled, consumed with ``no_ack``, or the
                 channel has closed or reopened since (the broker has requeued it).
         """
-        self._channel._settle(self, "ack", False)
+        settler = self._settler
+        if self.settled is not None or not settler.open:
+            self._refuse("ack")
+        self.settled = "ack"
+        settler.settle(self.delivery_tag, "ack", False)
 
     def nack(self, requeue: bool = True) -> None:
         """Negative acknowledgement: requeue it, or drop/dead-letter it.
@@ -83,7 +114,11 @@ class Delivery:
         Raises:
             DeliveryError: as for :meth:`ack`.
         """
-        self._channel._settle(self, "nack", requeue)
+        settler = self._settler
+        if self.settled is not None or not settler.open:
+            self._refuse("nack")
+        self.settled = "nack"
+        settler.settle(self.delivery_tag, "nack", requeue)
 
     def reject(self, requeue: bool = False) -> None:
         """Reject it: requeue it, or drop/dead-letter it.
@@ -91,7 +126,30 @@ class Delivery:
         Raises:
             DeliveryError: as for :meth:`ack`.
         """
-        self._channel._settle(self, "reject", requeue)
+        settler = self._settler
+        if self.settled is not None or not settler.open:
+            self._refuse("reject")
+        self.settled = "reject"
+        settler.settle(self.delivery_tag, "reject", requeue)
+
+    def _refuse(self, kind: SettleKind) -> NoReturn:
+        """Why this delivery cannot be settled (again), as the error to raise."""
+        tag = self.delivery_tag
+        number = self._settler.channel.number
+        if self.no_ack:
+            raise DeliveryError(
+                f"delivery {tag} was consumed with no_ack=True; "
+                "the broker already considers it acknowledged"
+            )
+        if self.settled is not None:
+            raise DeliveryError(
+                f"delivery {tag} on channel {number} was already "
+                f"settled ({self.settled}); a second {kind} would close the channel"
+            )
+        raise DeliveryError(
+            f"channel {number} closed after delivery {tag} arrived; "
+            f"the {kind} cannot be sent and the broker will redeliver the message"
+        )
 
     def __repr__(self) -> str:
         return (

@@ -1,10 +1,11 @@
-"""The byte layer: frames out of one receive buffer, writes batched per loop turn.
+"""The byte layer: frames out of one receive buffer, writes batched per loop turn, heartbeats.
 
 :class:`FrameProtocol` parses every complete frame in ``data_received`` and
 hands it straight to the handler registered for its channel (channel 0 is the
-connection). Nothing here creates a task or a future per frame. Writes are
-collected and flushed once per event-loop iteration, so a burst of publishes
-or acks costs one ``send`` call.
+connection). Nothing here creates a task or a future per frame. Every frame
+leaves through :meth:`FrameProtocol.write`: writes are collected and flushed
+once per event-loop iteration, so a burst of publishes or acks costs one
+``send`` call.
 """
 
 from __future__ import annotations
@@ -15,11 +16,22 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..exceptions import ProtocolError
-from ._codec import FRAME_BODY, FRAME_HEADER, FRAME_HEADER_STRUCT, FRAME_HEARTBEAT, FRAME_METHOD
+from ._codec import (
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_END_OCTET,
+    FRAME_HEADER,
+    FRAME_HEADER_STRUCT,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+)
 
 log = logging.getLogger("leveret.amqp")
 
 _unpack_frame_header = FRAME_HEADER_STRUCT.unpack_from
+HEARTBEAT_FRAME = FRAME_HEADER_STRUCT.pack(FRAME_HEARTBEAT, 0, 0) + FRAME_END
+#: Ticks are half an interval apart: four silent ticks are two intervals of silence.
+_MISSED_HEARTBEAT_TICKS = 4
 
 
 class FrameHandler(Protocol):
@@ -32,35 +44,40 @@ class FrameHandler(Protocol):
     def on_body(self, body: bytes) -> None: ...
 
 
-class ConnectionEvents(Protocol):
+class TransportEvents(Protocol):
     """What the protocol reports to its connection."""
 
-    def frame_error(self, protocol: FrameProtocol, exc: ProtocolError) -> None: ...
+    def frame_error(self, protocol: FrameProtocol, exc: ProtocolError) -> None:
+        """The peer broke the framing; the frames after the bad one were dropped."""
 
-    def transport_lost(self, protocol: FrameProtocol, exc: Exception | None) -> None: ...
+    def transport_lost(self, protocol: FrameProtocol, exc: Exception | None) -> None:
+        """The socket is closed (``exc`` says why, ``None`` for a clean close)."""
 
-    def writing_resumed(self) -> None: ...
+    def write_flow_changed(self, protocol: FrameProtocol) -> None:
+        """The socket's write buffer filled up or drained (see ``write_paused``)."""
 
 
 class FrameProtocol(asyncio.Protocol):
-    """One AMQP connection's socket: frame parsing, batched writes, back-pressure."""
+    """One AMQP connection's socket: frame parsing, batched writes, back-pressure, heartbeats."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         handlers: dict[int, FrameHandler],
-        events: ConnectionEvents,
+        events: TransportEvents,
     ) -> None:
         self.loop = loop
         self.handlers = handlers
         self.events = events
         self.transport: asyncio.Transport | None = None
-        self.connected: asyncio.Future[None] = loop.create_future()
+        #: Resolved once the socket is closed (and the connection was told).
+        self.lost: asyncio.Future[None] = loop.create_future()
         self.frame_max = 0  # 0: not negotiated yet, no limit enforced
-        #: Set by every read/flush; cleared by the heartbeat monitor.
-        self.received = False
-        self.sent = False
         self.write_paused = False
+        #: Set by every read/flush; cleared by each heartbeat tick.
+        self._received = False
+        self._sent = False
+        self._heartbeat: asyncio.TimerHandle | None = None
         self._pending = b""
         self._out: list[bytes] = []
         self._before_flush: list[Callable[[], None]] = []
@@ -72,24 +89,26 @@ class FrameProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if not self.connected.done():
-            self.connected.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._stop_heartbeat()
         self._out.clear()
         self._before_flush.clear()
         self.events.transport_lost(self, exc)
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.events.write_flow_changed(self)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.events.writing_resumed()
+        self.events.write_flow_changed(self)
 
     def data_received(self, data: bytes) -> None:
-        self.received = True
+        self._received = True
         buf = self._pending + data if self._pending else data
         size = len(buf)
         pos = 0
@@ -103,7 +122,7 @@ class FrameProtocol(asyncio.Protocol):
                     if frame_max and length > frame_max:
                         raise ProtocolError(f"frame of {length} bytes exceeds frame_max")
                     break
-                if buf[end] != 0xCE:
+                if buf[end] != FRAME_END_OCTET:
                     raise ProtocolError(f"frame on channel {channel} has no frame-end octet")
                 handler = handlers.get(channel)
                 if handler is not None:
@@ -129,7 +148,11 @@ class FrameProtocol(asyncio.Protocol):
     # -- writing ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Queue bytes; they go out in one send at the end of this loop turn."""
+        """Queue bytes; they go out in one send at the end of this loop turn.
+
+        Once the socket is gone this does nothing: whatever waits for an answer
+        is failed by the connection instead.
+        """
         if self._closed:
             return
         self._out.append(data)
@@ -159,16 +182,51 @@ class FrameProtocol(asyncio.Protocol):
             return
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out.clear()
-        self.sent = True
+        self._sent = True
         self.transport.write(data)
 
     def close(self) -> None:
         """Flush what is queued, then close the socket gracefully."""
+        self._stop_heartbeat()
         if self.transport is not None and not self._closed:
             self.flush()
             self.transport.close()
 
     def abort(self) -> None:
         """Drop the socket at once (no flush): used when the peer is gone."""
+        self._stop_heartbeat()
         if self.transport is not None:
             self.transport.abort()
+
+    # -- heartbeats -----------------------------------------------------------------
+
+    def start_heartbeat(self, interval: int, on_silence: Callable[[], None]) -> None:
+        """Send a heartbeat when nothing else went out for half an ``interval`` (in
+        seconds; 0: none), and call ``on_silence`` once nothing came in for two
+        intervals. Stops when the socket closes."""
+        if interval:
+            self._heartbeat = self.loop.call_later(
+                interval / 2, self._heartbeat_tick, interval, on_silence, 0
+            )
+
+    def _heartbeat_tick(self, interval: int, on_silence: Callable[[], None], silent: int) -> None:
+        if self._received:
+            self._received = False
+            silent = 0
+        else:
+            silent += 1
+            if silent >= _MISSED_HEARTBEAT_TICKS:
+                self._heartbeat = None
+                on_silence()
+                return
+        if not self._sent:
+            self.write(HEARTBEAT_FRAME)
+        self._sent = False
+        self._heartbeat = self.loop.call_later(
+            interval / 2, self._heartbeat_tick, interval, on_silence, silent
+        )
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None

@@ -7,6 +7,11 @@ each channel with its publisher confirms, qos and consumers. Publishes that
 were in flight when the connection dropped fail with
 :class:`~leveret.exceptions.PublishNotConfirmedError`: nothing is reported as
 confirmed that the broker did not confirm.
+
+All of it lives here: :class:`RobustChannel` reopens itself and records what
+it declares; :class:`RobustConnection` reconnects and restores. The plain
+:class:`~leveret.amqp.Connection` and :class:`~leveret.amqp.Channel` know
+nothing of it.
 """
 
 from __future__ import annotations
@@ -15,146 +20,171 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from ..exceptions import AMQPError, BrokerError, ConnectionClosedError, ConnectionLostError
-from ._channel import Channel
-from ._connection import Connection, _connect_memory
+from ..exceptions import (
+    AMQPError,
+    BrokerError,
+    ChannelClosedError,
+    ConnectionClosedError,
+    ConnectionLostError,
+)
+from ._channel import Channel, ChannelState
+from ._codec import Method
+from ._connection import Connection, ConnectionState, _connect_memory
+from ._consumer import notify_cancel
+from ._topology import Topology
 from ._url import DEFAULT_URL, ConnectionParameters, parse_urls
 
 log = logging.getLogger("leveret.amqp")
 
-_REPLIES = {
-    "exchange.declare": ("exchange.declare-ok",),
-    "exchange.bind": ("exchange.bind-ok",),
-    "queue.declare": ("queue.declare-ok",),
-    "queue.bind": ("queue.bind-ok",),
-}
 
+class RobustChannel(Channel):
+    """A channel of a :class:`RobustConnection`: it survives reconnects and broker
+    closes. While it is down, operations wait for it to reopen (at most the
+    connection's ``reconnect_timeout``); it is reopened with its publisher
+    confirms, qos and consumers."""
 
-class Topology:
-    """The declarations a robust connection replays, in the order they were made."""
+    _connection: RobustConnection
 
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {}
+    def __init__(self, connection: RobustConnection, number: int, publisher_confirms: bool) -> None:
+        super().__init__(connection, number, publisher_confirms)
+        #: Resolved once the channel is open again (failed when it cannot be).
+        self._reopened: asyncio.Future[None] | None = None
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    @property
+    def is_closed(self) -> bool:
+        """True once closed for good (not while it waits to be reopened)."""
+        return self._state is ChannelState.CLOSED and self._reopened is None
 
-    def remember(self, key: tuple[str, ...], method: str, args: dict[str, Any]) -> None:
-        if key[0] == "queue" and not args["queue"]:
-            args = {**args, "queue": key[1], "server_named": True}
-        self._entries[key] = (method, args)
+    async def _topology_method(self, name: str, args: dict[str, Any]) -> Method:
+        reply = await super()._topology_method(name, args)
+        self._connection.topology.record(name, args, reply)
+        return reply
 
-    def forget(self, key: tuple[str, ...]) -> None:
-        """Drop a declaration, and with a queue or exchange, the bindings that use it."""
-        self._entries.pop(key, None)
-        kind, name = key[0], key[1]
-        if kind not in ("queue", "exchange"):
+    def _abandon(self, why: str) -> None:
+        if self._reopened is not None and not self._reopened.done():
+            self._reopened.set_exception(ChannelClosedError(why))
+            self._reopened.exception()
+            for consumer in self._consumers.values():
+                notify_cancel(self._tasks, consumer, ChannelClosedError(why))
+        self._reopened = None
+        super()._abandon(why)
+
+    def _connection_lost(self, reason: BaseException) -> None:
+        if self._connection.state is ConnectionState.CLOSING:
+            super()._connection_lost(reason)
             return
-        for other in list(self._entries):
-            if (
-                other[0] == "queue-bind"
-                and (
-                    (kind == "queue" and other[1] == name)
-                    or (kind == "exchange" and other[2] == name)
-                )
-            ) or (other[0] == "exchange-bind" and kind == "exchange" and name in other[1:3]):
-                del self._entries[other]
+        # The connection reconnects; the consumers wait to be restarted.
+        if self._reopened is None and self._state is not ChannelState.CLOSED:
+            self._reopened = self._loop.create_future()
+        self._finish(reason, notify_consumers=False)
 
-    async def restore(self, open_channel: Callable[[], Awaitable[Channel]]) -> dict[str, str]:
-        """Replay every declaration; returns the renames of server-named queues.
+    def _closed_by_broker(self, error: BaseException) -> None:
+        reopen = self._state is ChannelState.OPEN
+        # A reconnect or an earlier reopen that is restoring this channel reopens it
+        # again itself; a second reopen would send a second channel.open, which the
+        # broker punishes by closing the whole connection (504 CHANNEL_ERROR).
+        reopening = self._reopened is not None
+        if reopen and self._reopened is None:
+            self._reopened = self._loop.create_future()
+        self._finish(error, notify_consumers=not reopen)
+        if reopen and not reopening:
+            self._connection._reopen_later(self)
 
-        A declaration the broker refuses is logged and skipped (the broker closed
-        the channel, so a new one is opened for the rest).
+    async def _ensure_open(self) -> None:
+        """Return when the channel is open; wait for a reopen that is under way.
+
+        Raises:
+            ChannelClosedError: it is closed for good, did not reopen within the
+                connection's ``reconnect_timeout``, or could not reopen.
         """
-        renames: dict[str, str] = {}
-        restored: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {}
-        channel = await open_channel()
-        try:
-            for key, (method, args) in self._entries.items():
-                server_named = args.get("server_named", False)
-                if method == "queue.bind" and args["queue"] in renames:
-                    args = {**args, "queue": renames[args["queue"]]}
-                    key = ("queue-bind", args["queue"], *key[2:])
-                call_args = {k: v for k, v in args.items() if k != "server_named"}
-                if server_named:
-                    call_args["queue"] = ""
-                try:
-                    reply = await channel._call(method, _REPLIES[method], **call_args)
-                except BrokerError as exc:
-                    log.error(
-                        "could not restore %s %s after reconnecting: %s", method, key[1:], exc
-                    )
-                    channel = await open_channel()
-                    restored[key] = (method, args)
-                    continue
-                if server_named:
-                    renames[key[1]] = reply.args["queue"]
-                    key = ("queue", reply.args["queue"])
-                    args = {**args, "queue": reply.args["queue"]}
-                restored[key] = (method, args)
-        finally:
-            await channel.close()
-        self._entries = restored
-        return renames
-
-
-async def _restore_channel(channel: Channel, renames: Mapping[str, str]) -> None:
-    """Reopen a channel and restart its consumers (with the qos each started under).
-
-    A consumer the broker refuses (its queue is gone) is dropped and its owner
-    told through ``on_cancel``; the channel is reopened for the others. If the
-    connection goes meanwhile (even closed by the broker with a reply code) this
-    raises and keeps every consumer, for the next reconnect to restore.
-    """
-    while True:
-        await channel._open()
-        if channel._global_prefetch is not None:
-            count, size = channel._global_prefetch
-            await channel._call(
-                "basic.qos",
-                ("basic.qos-ok",),
-                prefetch_count=count,
-                prefetch_size=size,
-                global_=True,
-            )
-        current: tuple[int, int] | None = None
-        try:
-            for consumer in list(channel._consumers.values()):
-                if consumer.cancelled:
-                    channel._consumers.pop(consumer.tag, None)
-                    continue
-                consumer.queue = renames.get(consumer.queue, consumer.queue)
-                if consumer.prefetch is not None and consumer.prefetch != current:
-                    current = consumer.prefetch
-                    await channel._call(
-                        "basic.qos",
-                        ("basic.qos-ok",),
-                        prefetch_count=current[0],
-                        prefetch_size=current[1],
-                    )
-                try:
-                    await channel._start_consumer(consumer)
-                except BrokerError as exc:
-                    # A connection.close (a node shutting down: 320, or crashing the
-                    # channel: 541) fails this wait too, but says nothing about the
-                    # queue: dropping the consumer then would stop it for good.
-                    if exc.scope == "channel":
-                        channel._consumers.pop(consumer.tag, None)
-                        channel._notify_cancel(consumer, exc)
-                    raise
-        except BrokerError as exc:
-            if exc.scope != "channel":
+        while self._state is not ChannelState.OPEN:
+            if self._reopened is None:
+                await super()._ensure_open()
+            assert self._reopened is not None
+            timeout = self._connection.reconnect_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._reopened)
+            except TimeoutError:
+                raise ChannelClosedError(
+                    f"channel {self.number} did not reopen within {timeout} s: {self._close_reason}"
+                ) from self._close_reason
+            except ChannelClosedError:
                 raise
-            continue
-        if channel._prefetch is not None and channel._prefetch != current:
-            count, size = channel._prefetch
-            await channel._call(
-                "basic.qos", ("basic.qos-ok",), prefetch_count=count, prefetch_size=size
-            )
-        return
+            except AMQPError as exc:
+                raise ChannelClosedError(f"channel {self.number} could not reopen: {exc}") from exc
+
+    async def _restore(self, renames: Mapping[str, str]) -> None:
+        """Reopen and restart the consumers (with the qos each started under).
+
+        A consumer the broker refuses (its queue is gone) is dropped and its owner
+        told through ``on_cancel``; the channel is reopened for the others. If the
+        connection goes meanwhile (even closed by the broker with a reply code) this
+        raises and keeps every consumer, for the next reconnect to restore.
+        """
+        while True:
+            await self._open()
+            if self._global_prefetch is not None:
+                count, size = self._global_prefetch
+                await self._call(
+                    "basic.qos",
+                    ("basic.qos-ok",),
+                    prefetch_count=count,
+                    prefetch_size=size,
+                    global_=True,
+                )
+            current: tuple[int, int] | None = None
+            try:
+                for consumer in list(self._consumers.values()):
+                    if consumer.cancelled:
+                        self._consumers.pop(consumer.tag, None)
+                        continue
+                    consumer.queue = renames.get(consumer.queue, consumer.queue)
+                    if consumer.prefetch is not None and consumer.prefetch != current:
+                        current = consumer.prefetch
+                        await self._call(
+                            "basic.qos",
+                            ("basic.qos-ok",),
+                            prefetch_count=current[0],
+                            prefetch_size=current[1],
+                        )
+                    try:
+                        await self._start_consumer(consumer)
+                    except BrokerError as exc:
+                        # A connection.close (a node shutting down: 320, or crashing the
+                        # channel: 541) fails this wait too, but says nothing about the
+                        # queue: dropping the consumer then would stop it for good.
+                        if exc.scope == "channel":
+                            self._consumers.pop(consumer.tag, None)
+                            notify_cancel(self._tasks, consumer, exc)
+                        raise
+            except BrokerError as exc:
+                if exc.scope != "channel":
+                    raise
+                continue
+            if self._prefetch is not None and self._prefetch != current:
+                count, size = self._prefetch
+                await self._call(
+                    "basic.qos", ("basic.qos-ok",), prefetch_count=count, prefetch_size=size
+                )
+            return
+
+    def _reopen_done(self, error: BaseException | None) -> None:
+        """After (failing) to reopen: wake whoever waits; on failure, close for good."""
+        waiter, self._reopened = self._reopened, None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+                waiter.exception()
+        if error is not None:
+            self._connection._forget_channel(self)
+            for consumer in self._consumers.values():
+                notify_cancel(self._tasks, consumer, error)
 
 
 class RobustConnection(Connection):
@@ -178,19 +208,27 @@ class RobustConnection(Connection):
         reconnect_timeout: float = 30.0,
     ) -> None:
         super().__init__(params, client_properties=client_properties, ssl_context=ssl_context)
+        #: The declarations to replay after a reconnect.
         self.topology = Topology()
         self.reconnect_interval = reconnect_interval
         self.max_reconnect_interval = max_reconnect_interval
+        #: How long an operation waits for the connection or a channel to come back.
         self.reconnect_timeout = reconnect_timeout
         self.reconnects = 0
         self.reconnect_callbacks: list[Callable[[RobustConnection], Any]] = []
         self.queue_renamed_callbacks: list[Callable[[str, str], Any]] = []
         self._reconnected: asyncio.Future[None] | None = None
+        self._restoring = False
+
+    def _new_channel(self, number: int, publisher_confirms: bool) -> Channel:
+        return RobustChannel(self, number, publisher_confirms)
 
     def _on_lost(self, reason: BaseException) -> None:
-        if self._closed_by_owner:
+        if self.state is ConnectionState.CLOSING:
             self._finish(reason)
             return
+        if self._restoring:
+            return  # the restore fails with it, and the reconnect tries again
         log.warning(
             "connection to %s lost (%s); reconnecting", self.params.safe_url(self.address), reason
         )
@@ -211,11 +249,11 @@ class RobustConnection(Connection):
         while True:
             try:
                 await self._connect(self._next_addresses())
-                self._connecting = True
+                self._restoring = True
                 try:
                     renames = await self._restore()
                 finally:
-                    self._connecting = False
+                    self._restoring = False
                 if not self.is_open:
                     raise ConnectionLostError("connection lost while restoring it")
                 break
@@ -241,25 +279,25 @@ class RobustConnection(Connection):
             self._tasks.call(callback, self)
 
     async def _restore(self) -> dict[str, str]:
-        renames = await self.topology.restore(self._scratch_channel) if self.topology else {}
+        renames = await self.topology.restore(self._scratch_channel)
         for channel in list(self._channels.values()):
-            await _restore_channel(channel, renames)
+            assert isinstance(channel, RobustChannel)
+            await channel._restore(renames)
             channel._reopen_done(None)
         return renames
 
     async def _scratch_channel(self) -> Channel:
-        """A channel outside the registry, for replaying declarations."""
+        """A plain channel outside the registry, for replaying declarations."""
         number = next(n for n in range(self.channel_max, 0, -1) if n not in self._channels)
-        channel = Channel(self, number, publisher_confirms=False)
-        await channel._open()
-        return channel
+        return await self._open_channel(Channel(self, number, False), listed=False)
 
-    def _reopen_channel_later(self, channel: Channel) -> None:
-        self._tasks.spawn(self._reopen_channel(channel), f"leveret reopen channel {channel.number}")
+    def _reopen_later(self, channel: RobustChannel) -> None:
+        """Reopen a channel the broker closed, in a task of this connection."""
+        self._tasks.spawn(self._reopen(channel), f"leveret reopen channel {channel.number}")
 
-    async def _reopen_channel(self, channel: Channel) -> None:
+    async def _reopen(self, channel: RobustChannel) -> None:
         try:
-            await _restore_channel(channel, {})
+            await channel._restore({})
         except AMQPError as exc:
             if self.is_open:  # otherwise the reconnect restores it
                 channel._reopen_done(exc)
@@ -267,7 +305,7 @@ class RobustConnection(Connection):
         channel._reopen_done(None)
 
     async def _ensure_connected(self) -> None:
-        if self._closed_by_owner or self.is_closed:
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED) or self.is_closed:
             raise ConnectionClosedError(f"{self!r} was closed")
         waiter = self._reconnected
         # Wait for the whole restore, not just the handshake: a channel opened while
@@ -285,8 +323,8 @@ class RobustConnection(Connection):
                 f"{self!r} did not reconnect within {self.reconnect_timeout} s"
             ) from self._close_reason
 
-    async def _stop_background(self) -> None:
-        await self._tasks.cancel_all()  # the reconnect, and channel reopens
+    async def _cancel_tasks(self) -> None:
+        await super()._cancel_tasks()  # the reconnect, and channel reopens
         if self._reconnected is not None and not self._reconnected.done():
             self._reconnected.set_exception(ConnectionClosedError(f"{self!r} was closed"))
             self._reconnected.exception()
@@ -316,6 +354,8 @@ async def connect_robust(
     addresses, a reconnect tries the other nodes first.
 
     Raises:
+        ConfigurationError: the URL or an option is invalid (``memory://`` URLs
+            go to :func:`leveret.connect_robust`).
         ConnectError: the first connection could not be made (no retry then:
             a wrong address should fail fast).
     """

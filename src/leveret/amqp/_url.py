@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from ..exceptions import ConfigurationError
 
+#: The broker leveret talks to unless told otherwise (``$AMQP_URL`` is read by the callers).
 DEFAULT_URL = "amqp://guest:guest@localhost/"
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
@@ -158,7 +159,10 @@ def parse_url(url: str, **overrides: Any) -> ConnectionParameters:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in _DEFAULT_PORTS:
-        raise ConfigurationError(f"URL scheme {scheme!r} is not supported: use amqp:// or amqps://")
+        elsewhere = " (leveret.connect() takes memory:// URLs)" if scheme == "memory" else ""
+        raise ConfigurationError(
+            f"URL scheme {scheme!r} is not supported: use amqp:// or amqps://{elsewhere}"
+        )
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
     userinfo, at, hostlist = netloc.rpartition("@")

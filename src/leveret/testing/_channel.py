@@ -12,17 +12,20 @@ the channel closes; a confirming publish returns once the broker took the messag
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..amqp import Properties, QueueDeclareOk, ReturnedMessage
-from ..amqp._codec import encode_shortstr
-from ..exceptions import (
-    ConfigurationError,
-    MessageReturnedError,
-    PublishNackedError,
-    PublishNotConfirmedError,
+from ..amqp import (
+    Properties,
+    QueueDeclareOk,
+    ReturnCallback,
+    ReturnedMessage,
+    dispatch_return,
+    encode_shortstr,
+    publish_not_confirmed,
+    resolve_confirm,
 )
+from ..exceptions import ConfigurationError
 from ._broker import REPLY_TO
 from ._channel_core import ChannelCore, log
 from ._errors import Refusal, not_implemented
@@ -31,7 +34,6 @@ from ._message import decode, normalize_table
 if TYPE_CHECKING:
     from ._connection import MemoryConnection
 
-ReturnCallback = Callable[[ReturnedMessage], Any]
 _AUTHENTICATED_USER = "guest"
 
 
@@ -254,10 +256,7 @@ class MemoryChannel(ChannelCore):
             error = self._refused(refusal, "basic.publish")
             if not confirming:
                 return  # on the wire the channel closes after this publish returned
-            raise PublishNotConfirmedError(
-                f"channel {self.number} closed before the broker confirmed the publish "
-                f"({error}); it may or may not have been routed"
-            ) from error
+            raise publish_not_confirmed(self.number, error) from error
         if not confirming:
             if returned is not None:
                 self._loop.call_soon(self._on_return, returned)
@@ -304,33 +303,11 @@ class MemoryChannel(ChannelCore):
     def _confirm(
         self, future: asyncio.Future[None], returned: ReturnedMessage | None, refused: bool
     ) -> None:
-        if future.done():
-            return  # the publisher gave up (timeout or cancel)
-        if refused:
-            future.set_exception(
-                PublishNackedError(
-                    f"broker refused the message (basic.nack) on channel {self.number}"
-                )
-            )
-        elif returned is not None:
-            future.set_exception(MessageReturnedError(returned))
-        else:
-            future.set_result(None)
+        resolve_confirm(future, self.number, ack=not refused, returned=returned)
 
     def _on_return(self, message: ReturnedMessage) -> None:
-        if not self._open:
-            return
-        if not self.return_callbacks:
-            log.warning(
-                "message returned by the broker and nobody listens for it: %s %s "
-                "(exchange %r, routing key %r)",
-                message.reply_code,
-                message.reply_text,
-                message.exchange,
-                message.routing_key,
-            )
-        for callback in list(self.return_callbacks):
-            self._tasks.call(callback, message)
+        if self._open:
+            dispatch_return(self._tasks, self.return_callbacks, message, log)
 
 
 def type_name(value: object) -> str:

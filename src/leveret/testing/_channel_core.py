@@ -1,44 +1,45 @@
 """What an in-memory channel is: its state, its life, and what flows to its consumers.
 
-:class:`ChannelCore` holds a channel's consumers and unacked deliveries, runs
-its requests as round trips, closes it (requeueing what it held, as RabbitMQ
-does), hands deliveries to consumers and settles them. :class:`MemoryChannel`
-(in :mod:`._channel`) adds what a channel asks of the broker: declarations,
-qos and publishes.
+:class:`ChannelCore` holds a channel's consumers, runs its requests as round
+trips, closes it (its unacked deliveries go back, as RabbitMQ does) and hands
+deliveries to consumers, which settle them through its
+:class:`~._unacked.UnackedDeliveries`. :class:`MemoryChannel` (in
+:mod:`._channel`) adds what a channel asks of the broker: declarations, qos and
+publishes. Consumers, iteration, confirms and returns follow the rules
+:mod:`leveret.amqp` shares with the real channel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Callable, Mapping
-from inspect import isawaitable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..amqp import Channel, Delivery, DeliveryIterator
-from ..amqp._channel import broker_cancelled, notify_cancel
-from ..amqp._tasks import TaskOwner
-from ..exceptions import (
-    BrokerError,
-    ChannelClosedError,
-    ConfigurationError,
-    DeliveryError,
-    PublishNotConfirmedError,
-    broker_error,
+from ..amqp import (
+    CancelCallback,
+    Delivery,
+    DeliveryCallback,
+    DeliveryIterator,
+    TaskOwner,
+    broker_cancelled,
+    claim_consumer_tag,
+    notify_cancel,
+    publish_not_confirmed,
 )
+from ..exceptions import BrokerError, ChannelClosedError, ConfigurationError, broker_error
 from ._broker import REPLY_TO
 from ._errors import Refusal
-from ._message import StoredMessage
-from ._queue import CancelCallback, Consumer, DeliveryCallback, MemoryQueue
+from ._queue import MemoryQueue, QueueConsumer
+from ._unacked import UnackedDeliveries
 
 if TYPE_CHECKING:
     from ._connection import MemoryConnection
+    from ._message import StoredMessage
 
 log = logging.getLogger("leveret.testing")
 
 T = TypeVar("T")
-_tag_counter = itertools.count(1)
 
 
 class ChannelCore:
@@ -51,21 +52,25 @@ class ChannelCore:
         self.number = number
         self._open = True
         self._close_reason: BaseException | None = None
-        self._consumers: dict[str, Consumer] = {}
-        self._unacked: dict[int, tuple[MemoryQueue, StoredMessage, Consumer | None]] = {}
-        self._consumer_unacked = 0
-        self._tags = itertools.count(1)
+        self._consumers: dict[str, QueueConsumer] = {}
+        self._unacked = UnackedDeliveries(self)
         self._prefetch = 0
         self._global_prefetch = 0
         self._unconfirmed: set[asyncio.Future[None]] = set()
         self._reply_queue: MemoryQueue | None = None
-        self._tasks = TaskOwner()
+        self._tasks = TaskOwner(log)
         #: Called with ``(channel, reason)`` when the channel closes (plain or async).
         self.close_callbacks: list[Callable[[Any, BaseException | None], Any]] = []
 
     def __repr__(self) -> str:
-        state = "open" if self._open else "closed"
+        state = "open" if self.is_open else "closed"
         return f"<{type(self).__name__} {self.number} {state} on {self._broker.url}>"
+
+    async def __aenter__(self) -> ChannelCore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @property
     def connection(self) -> MemoryConnection:
@@ -96,16 +101,11 @@ class ChannelCore:
         self._open = False
         self._close_reason = reason
         # The broker's side: unacked deliveries go back (in order), consumers go.
-        unacked, self._unacked = self._unacked, {}
-        self._consumer_unacked = 0
-        for tag in sorted(unacked):
-            queue, message, consumer = unacked[tag]
-            queue.settled(consumer)
-            queue.requeue(message)
+        self._unacked.release()
         consumers = list(self._consumers.values())
         self._consumers.clear()
         for consumer in consumers:
-            consumer.queue.remove_consumer(consumer)
+            consumer.target.remove_consumer(consumer)
         if self._reply_queue is not None:
             self._broker.drop_reply_queue(self._reply_queue)
             self._reply_queue = None
@@ -113,15 +113,10 @@ class ChannelCore:
         unconfirmed, self._unconfirmed = self._unconfirmed, set()
         for future in unconfirmed:
             if not future.done():
-                error = PublishNotConfirmedError(
-                    f"channel {self.number} closed before the broker confirmed the publish "
-                    f"({reason}); it may or may not have been routed"
-                )
-                error.__cause__ = reason
-                future.set_exception(error)
+                future.set_exception(publish_not_confirmed(self.number, reason))
         self._connection._forget_channel(self)
         for consumer in consumers:
-            self._notify_cancel(consumer, reason)
+            notify_cancel(self._tasks, consumer, reason)
         for callback in list(self.close_callbacks):
             self._tasks.call(callback, self, reason)
         self._broker._changed()
@@ -191,9 +186,7 @@ class ChannelCore:
         """
         if prefetch_count is not None and not 0 <= prefetch_count <= 65535:
             raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
-        tag = consumer_tag or f"leveret.{self._connection.id}.{next(_tag_counter)}"
-        if tag in self._consumers:
-            raise ConfigurationError(f"consumer tag {tag!r} is already in use on this channel")
+        tag = claim_consumer_tag(self._consumers, self._connection.id, consumer_tag)
 
         def start() -> str:
             if prefetch_count is not None:  # basic.qos then basic.consume, nothing between
@@ -210,7 +203,7 @@ class ChannelCore:
                     raise Refusal(
                         403, f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
                     )
-            consumer = Consumer(
+            consumer = QueueConsumer(
                 tag,
                 target,
                 self,
@@ -231,11 +224,11 @@ class ChannelCore:
         consumer = self._consumers.pop(consumer_tag, None)
         if consumer is None:
             return
-        if consumer.queue is self._reply_queue:
-            self._broker.drop_reply_queue(consumer.queue)
+        if consumer.target is self._reply_queue:
+            self._broker.drop_reply_queue(consumer.target)
             self._reply_queue = None
         else:
-            consumer.queue.remove_consumer(consumer)
+            consumer.target.remove_consumer(consumer)
         self._broker._changed()
         if self._open:
             await asyncio.sleep(0)  # basic.cancel-ok's round trip
@@ -250,7 +243,7 @@ class ChannelCore:
     ) -> DeliveryIterator:
         """Consume as an async iterator (see :meth:`leveret.amqp.Channel.iterate`)."""
         return DeliveryIterator(
-            cast(Channel, self), queue, no_ack=no_ack, exclusive=exclusive, arguments=arguments
+            self, queue, no_ack=no_ack, exclusive=exclusive, arguments=arguments
         )
 
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
@@ -261,11 +254,10 @@ class ChannelCore:
             message = source.take()
             if message is None:
                 return None
-            tag = next(self._tags)
+            tag = self._unacked.next_tag()
             props = message.delivery_properties(quorum=source.is_quorum, always_count=True)
             delivery = Delivery(
-                cast(Channel, self),
-                1,
+                self._unacked,
                 message.body,
                 props,
                 tag,
@@ -277,27 +269,31 @@ class ChannelCore:
                 source.message_count,
             )
             if not no_ack:
-                self._unacked[tag] = (source, message, None)
-                source.delivered(None)
+                self._unacked.hold(tag, source, message, None)
             self._broker._changed()
             return delivery
 
         return await self._request("basic.get", take)
 
     def _has_capacity(self) -> bool:
-        return not self._global_prefetch or self._consumer_unacked < self._global_prefetch
+        return not self._global_prefetch or self._unacked.by_consumers < self._global_prefetch
+
+    def _consumer_settled(self) -> None:
+        """A consumer's delivery was settled: the channel's global window has room."""
+        if self._global_prefetch:
+            self._wake_consumers()
 
     def _wake_consumers(self) -> None:
         for consumer in self._consumers.values():
-            consumer.queue.schedule()
+            consumer.target.schedule()
 
-    def _deliver(self, consumer: Consumer, message: StoredMessage) -> None:
+    def _deliver(self, consumer: QueueConsumer, message: StoredMessage) -> None:
         """Hand a message to a consumer (called by the queue's dispatch, never re-entrantly)."""
-        tag = next(self._tags)
-        queue = consumer.queue
+        unacked = self._unacked
+        tag = unacked.next_tag()
+        queue = consumer.target
         delivery = Delivery(
-            cast(Channel, self),
-            1,
+            unacked,
             message.body,
             message.delivery_properties(quorum=queue.is_quorum),
             tag,
@@ -308,56 +304,10 @@ class ChannelCore:
             consumer.no_ack,
         )
         if not consumer.no_ack:
-            self._unacked[tag] = (queue, message, consumer)
-            self._consumer_unacked += 1
-            queue.delivered(consumer)
-        try:
-            result = consumer.callback(delivery)
-        except Exception:
-            log.exception("consumer %r callback failed on %r", consumer.tag, delivery)
-            return
-        if result is not None and isawaitable(result):
-            self._tasks.spawn(result, f"leveret consumer {consumer.tag}")
+            unacked.hold(tag, queue, message, consumer)
+        self._tasks.call(consumer.callback, delivery)
 
-    def _broker_cancelled(self, consumer: Consumer) -> None:
+    def _broker_cancelled(self, consumer: QueueConsumer) -> None:
         """The consumer's queue was deleted: RabbitMQ sends basic.cancel."""
         if self._consumers.pop(consumer.tag, None) is not None:
-            self._notify_cancel(consumer, broker_cancelled(consumer.tag, consumer.queue.name))
-
-    def _notify_cancel(self, consumer: Consumer, reason: BaseException) -> None:
-        notify_cancel(self._tasks, consumer.tag, consumer.on_cancel, reason)
-
-    # -- settling (called by Delivery.ack/nack/reject) --------------------------------
-
-    def _settle(self, delivery: Delivery, kind: str, requeue: bool) -> None:
-        if delivery.settled is not None:
-            if delivery.no_ack:
-                raise DeliveryError(
-                    f"delivery {delivery.delivery_tag} was consumed with no_ack=True; "
-                    "the broker already considers it acknowledged"
-                )
-            raise DeliveryError(
-                f"delivery {delivery.delivery_tag} on channel {self.number} was already "
-                f"settled ({delivery.settled}); a second {kind} would close the channel"
-            )
-        if not self._open:
-            raise DeliveryError(
-                f"channel {self.number} closed after delivery {delivery.delivery_tag} arrived; "
-                f"the {kind} cannot be sent and the broker will redeliver the message"
-            )
-        delivery.settled = kind
-        entry = self._unacked.pop(delivery.delivery_tag, None)
-        if entry is None:
-            return
-        queue, message, consumer = entry
-        if consumer is not None:
-            self._consumer_unacked -= 1
-            if self._global_prefetch:
-                self._wake_consumers()
-        queue.settled(consumer)
-        if kind != "ack":
-            if requeue:
-                queue.requeue(message)
-            elif not queue.deleted:
-                self._broker._dead_letter(message, queue, "rejected")
-        self._broker._changed()
+            notify_cancel(self._tasks, consumer, broker_cancelled(consumer.tag, consumer.queue))

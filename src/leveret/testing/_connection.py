@@ -9,16 +9,19 @@ themselves by choosing different names (or :func:`forget_brokers` between them).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..amqp._tasks import TaskOwner
+from ..amqp import TaskOwner
 from ..exceptions import ConfigurationError, ConnectionClosedError
 from ._broker import MemoryBroker
 from ._channel import MemoryChannel
 from ._channel_core import ChannelCore
+
+log = logging.getLogger("leveret.testing")
 
 _registry: dict[str, MemoryBroker] = {}
 
@@ -100,7 +103,7 @@ class MemoryConnection:
         self._channels: dict[int, MemoryChannel] = {}
         self._closed = False
         self._close_reason: BaseException | None = None
-        self._tasks = TaskOwner()
+        self._tasks = TaskOwner(log)
         #: Called with ``(connection, reason)`` once it is closed (plain or async);
         #: ``reason`` is ``None`` when its owner closed it.
         self.close_callbacks: list[CloseCallback] = []

@@ -91,9 +91,9 @@ def _resolve(
     if isinstance(target, RPC):
         channel = _channel_of(target.channel)
         served = [
-            consumer.queue.name
+            consumer.queue
             for consumer in channel._consumers.values()
-            if consumer.queue is not channel._reply_queue
+            if consumer.target is not channel._reply_queue
         ]
         return served, channel._broker, []
     if isinstance(target, MemoryQueue):

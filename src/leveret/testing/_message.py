@@ -15,9 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..amqp import Properties
-from ..amqp._codec import decode_table, encode_table
-from ..amqp._frames import decode_properties
+from ..amqp import Properties, decode_table, encode_table
 
 #: Quorum queues count returns of a message and tell consumers in this header.
 DELIVERY_COUNT_HEADER = "x-delivery-count"
@@ -25,7 +23,7 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 def decode(encoded: bytes) -> Properties:
     """A fresh :class:`Properties` from its encoding."""
-    return decode_properties(encoded, 0)
+    return Properties.decode(encoded)
 
 
 def normalize_table(table: Mapping[str, Any] | None) -> dict[str, Any]:

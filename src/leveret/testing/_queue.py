@@ -15,45 +15,31 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ..amqp import Delivery
-from ..exceptions import ConsumerCancelledError
+from ..amqp import CancelCallback, Consumer, DeliveryCallback
 from ._message import QueuedMessage, StoredMessage, decode
 
 if TYPE_CHECKING:
     from ._broker import MemoryBroker
     from ._channel_core import ChannelCore
 
-DeliveryCallback = Callable[[Delivery], Awaitable[Any] | None]
-CancelCallback = Callable[[ConsumerCancelledError], Any]
-
 # asyncio runs a timer up to one clock tick early; a message due within that
 # tick counts as expired, or the timer would fire again and again for nothing.
 _CLOCK_SLACK = time.get_clock_info("monotonic").resolution
 
 
-class Consumer:
-    """One ``basic.consume``: its queue, channel, callback and prefetch window."""
+class QueueConsumer(Consumer):
+    """A consumer as the broker keeps it: its queue, its channel, and how many of its
+    deliveries are unacked (against its prefetch window)."""
 
-    __slots__ = (
-        "callback",
-        "channel",
-        "exclusive",
-        "no_ack",
-        "on_cancel",
-        "prefetch",
-        "queue",
-        "tag",
-        "unacked",
-    )
+    __slots__ = ("channel", "target", "unacked")
 
     def __init__(
         self,
         tag: str,
-        queue: MemoryQueue,
+        target: MemoryQueue,
         channel: ChannelCore,
         callback: DeliveryCallback,
         *,
@@ -62,20 +48,24 @@ class Consumer:
         prefetch: int,
         on_cancel: CancelCallback | None,
     ) -> None:
-        self.tag = tag
-        self.queue = queue
+        super().__init__(
+            tag,
+            target.name,
+            callback,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            arguments=None,
+            on_cancel=on_cancel,
+            prefetch=(prefetch, 0) if prefetch else None,
+        )
+        self.target = target
         self.channel = channel
-        self.callback = callback
-        self.no_ack = no_ack
-        self.exclusive = exclusive
-        self.prefetch = prefetch  # 0: unlimited
-        self.on_cancel = on_cancel
         self.unacked = 0
 
     def has_capacity(self) -> bool:
         if self.no_ack:  # prefetch limits unacked deliveries; these are never unacked
             return True
-        if self.prefetch and self.unacked >= self.prefetch:
+        if self.prefetch is not None and self.unacked >= self.prefetch[0]:
             return False
         return self.channel._has_capacity()
 
@@ -110,7 +100,7 @@ class MemoryQueue:
         self._overflow = arguments.get("x-overflow", "drop-head")
         self._delivery_limit = _non_negative_int(arguments.get("x-delivery-limit"))
         self._ready: deque[StoredMessage] = deque()
-        self._consumers: list[Consumer] = []
+        self._consumers: list[QueueConsumer] = []
         self._next_consumer = 0
         self._unacked = 0
         self._had_consumers = False
@@ -216,7 +206,7 @@ class MemoryQueue:
         ready.insert(index, message)
         self.schedule()
 
-    def settled(self, consumer: Consumer | None) -> None:
+    def settled(self, consumer: QueueConsumer | None) -> None:
         """An unacked delivery of this queue was settled."""
         self._unacked -= 1
         if consumer is not None:
@@ -224,7 +214,7 @@ class MemoryQueue:
             if self._ready:
                 self.schedule()  # its prefetch window has room again
 
-    def delivered(self, consumer: Consumer | None) -> None:
+    def delivered(self, consumer: QueueConsumer | None) -> None:
         self._unacked += 1
         if consumer is not None:
             consumer.unacked += 1
@@ -248,12 +238,12 @@ class MemoryQueue:
         self._arm_timer()
         return count
 
-    def add_consumer(self, consumer: Consumer) -> None:
+    def add_consumer(self, consumer: QueueConsumer) -> None:
         self._consumers.append(consumer)
         self._had_consumers = True
         self.schedule()
 
-    def remove_consumer(self, consumer: Consumer) -> None:
+    def remove_consumer(self, consumer: QueueConsumer) -> None:
         """Forget a consumer; an auto-delete queue goes with its last consumer."""
         if consumer in self._consumers:
             index = self._consumers.index(consumer)
@@ -266,7 +256,7 @@ class MemoryQueue:
     def exclusive_consumer(self) -> bool:
         return any(consumer.exclusive for consumer in self._consumers)
 
-    def delete(self) -> list[Consumer]:
+    def delete(self) -> list[QueueConsumer]:
         """Drop everything; returns the consumers to tell (RabbitMQ sends basic.cancel)."""
         self.deleted = True
         self._ready.clear()
@@ -315,7 +305,7 @@ class MemoryQueue:
         self._arm_timer()
         self._broker._changed()
 
-    def _pick_consumer(self, *, peek: bool = False) -> Consumer | None:
+    def _pick_consumer(self, *, peek: bool = False) -> QueueConsumer | None:
         """The next consumer with room, round-robin from the one after the last served."""
         consumers = self._consumers
         count = len(consumers)

@@ -1,0 +1,76 @@
+"""A memory channel's unacked deliveries: what its deliveries settle through.
+
+:class:`UnackedDeliveries` is the in-memory side of the settle seam
+(:class:`leveret.amqp.Settler`): :class:`~leveret.amqp.Delivery` checks that a
+settle is allowed, then :meth:`UnackedDeliveries.settle` does what RabbitMQ
+does with it: forget the message, requeue it, or dead-letter it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+from ..amqp import SettleKind
+
+if TYPE_CHECKING:
+    from ._channel_core import ChannelCore
+    from ._message import StoredMessage
+    from ._queue import MemoryQueue, QueueConsumer
+
+
+class UnackedDeliveries:
+    """The deliveries of one memory channel the broker still holds for it, by tag."""
+
+    __slots__ = ("_held", "_tags", "by_consumers", "channel")
+
+    def __init__(self, channel: ChannelCore) -> None:
+        self.channel = channel
+        #: How many of them went to consumers (for the channel's global prefetch).
+        self.by_consumers = 0
+        self._held: dict[int, tuple[MemoryQueue, StoredMessage, QueueConsumer | None]] = {}
+        self._tags = itertools.count(1)
+
+    @property
+    def open(self) -> bool:
+        """False once the channel closed (see :attr:`leveret.amqp.Settler.open`)."""
+        return self.channel.is_open
+
+    def next_tag(self) -> int:
+        """The delivery tag of the channel's next delivery."""
+        return next(self._tags)
+
+    def hold(
+        self, tag: int, queue: MemoryQueue, message: StoredMessage, consumer: QueueConsumer | None
+    ) -> None:
+        """A delivery that needs an ack (``consumer`` is None for ``basic.get``)."""
+        self._held[tag] = (queue, message, consumer)
+        if consumer is not None:
+            self.by_consumers += 1
+        queue.delivered(consumer)
+
+    def settle(self, delivery_tag: int, kind: SettleKind, requeue: bool) -> None:
+        entry = self._held.pop(delivery_tag, None)
+        if entry is None:
+            return
+        queue, message, consumer = entry
+        if consumer is not None:
+            self.by_consumers -= 1
+            self.channel._consumer_settled()
+        queue.settled(consumer)
+        broker = self.channel._broker
+        if kind != "ack":
+            if requeue:
+                queue.requeue(message)
+            elif not queue.deleted:
+                broker._dead_letter(message, queue, "rejected")
+        broker._changed()
+
+    def release(self) -> None:
+        """The channel closed: every held delivery goes back to its queue, in order."""
+        held, self._held = self._held, {}
+        self.by_consumers = 0
+        for tag in sorted(held):
+            queue, message, consumer = held[tag]
+            queue.settled(consumer)
+            queue.requeue(message)
