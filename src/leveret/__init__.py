@@ -4,16 +4,9 @@ The patterns live in :mod:`leveret.patterns`; the AMQP client they run on in
 :mod:`leveret.amqp`; every exception in :mod:`leveret.exceptions`.
 """
 
+from ._connect import ChannelLike, ConnectionLike, connect, connect_robust, safe_url
 from ._version import __version__
-from .amqp import (
-    Channel,
-    Connection,
-    Delivery,
-    Properties,
-    RobustConnection,
-    connect,
-    connect_robust,
-)
+from .amqp import Channel, Connection, Delivery, Properties, RobustConnection
 from .app import App
 from .exceptions import (
     AMQPConnectionError,
@@ -37,9 +30,11 @@ __all__ = [
     "App",
     "BrokerError",
     "Channel",
+    "ChannelLike",
     "ConfigurationError",
     "ConnectError",
     "Connection",
+    "ConnectionLike",
     "Delivery",
     "LeveretError",
     "Master",
@@ -56,4 +51,5 @@ __all__ = [
     "__version__",
     "connect",
     "connect_robust",
+    "safe_url",
 ]

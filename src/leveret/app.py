@@ -31,8 +31,8 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from .amqp import RobustConnection, connect_robust
-from .amqp._url import DEFAULT_URL
+from ._connect import ConnectionLike, connect_robust
+from .amqp import DEFAULT_URL
 from .exceptions import ConfigurationError
 from .patterns import RPC, Master, RetryPolicy
 from .serializers import Serializer
@@ -137,7 +137,7 @@ class App:
         self.timeout = timeout
         self.tasks: dict[str, TaskHandle[Any, Any]] = {}
         self.rpcs: dict[str, RPCHandle[Any, Any]] = {}
-        self._connection: RobustConnection | None = None
+        self._connection: ConnectionLike | None = None
         self._client_master: Master | None = None
         self._client_rpc: RPC | None = None
         self._lock = asyncio.Lock()
@@ -217,7 +217,7 @@ class App:
 
     # -- the client side ------------------------------------------------------------
 
-    async def _connect(self) -> RobustConnection:
+    async def _connect(self) -> ConnectionLike:
         if self._connection is None or self._connection.is_closed:
             self._connection = await connect_robust(self.url, name=f"{self.name} client")
         return self._connection

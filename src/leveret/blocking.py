@@ -22,8 +22,8 @@ import threading
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from .amqp import RobustConnection, connect_robust
-from .amqp._url import DEFAULT_URL, parse_urls
+from ._connect import ConnectionLike, connect_robust, safe_url
+from .amqp import DEFAULT_URL
 from .exceptions import ConnectionClosedError
 from .patterns import RPC, Master
 from .serializers import Serializer
@@ -64,7 +64,7 @@ class BlockingClient:
 
     async def _open(
         self, name: str, serializer: str | Serializer | None
-    ) -> tuple[RobustConnection, Master, RPC]:
+    ) -> tuple[ConnectionLike, Master, RPC]:
         connection = await connect_robust(self.url, name=name)
         master = Master(await connection.channel(), serializer=serializer)
         rpc = await RPC.create(
@@ -125,7 +125,7 @@ class BlockingClient:
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
-        return f"<BlockingClient {parse_urls(self.url).safe_url()}{state}>"
+        return f"<BlockingClient {safe_url(self.url)}{state}>"
 
 
 __all__ = ["BlockingClient"]

@@ -26,8 +26,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     sys.exit("the leveret command needs its extra: pip install 'leveret[cli]'")
 
-from .amqp import Channel, connect, connect_robust
-from .amqp._url import DEFAULT_URL, parse_urls
+from ._connect import ChannelLike, connect, connect_robust, safe_url
+from .amqp import DEFAULT_URL
 from .app import App
 from .exceptions import ConnectError, LeveretError, NotFoundError
 from .patterns import (
@@ -55,12 +55,7 @@ START_RABBITMQ = (
 )
 
 
-def _shown(url: str) -> str:
-    """The URL as it may be shown: the password masked."""
-    return url if url.startswith("memory://") else parse_urls(url).safe_url()
-
-
-def _run(url: str, work: Callable[[Channel], Awaitable[T]]) -> T:
+def _run(url: str, work: Callable[[ChannelLike], Awaitable[T]]) -> T:
     """Connect, run ``work`` on a channel, and turn failures into clear exits."""
 
     async def main() -> T:
@@ -70,7 +65,7 @@ def _run(url: str, work: Callable[[Channel], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except ConnectError as exc:
-        raise click.ClickException(f"{exc}\n{START_RABBITMQ} (now {_shown(url)})") from None
+        raise click.ClickException(f"{exc}\n{START_RABBITMQ} (now {safe_url(url)})") from None
     except NotFoundError as exc:
         raise click.ClickException(f"{exc.reply_text}: is the task name right?") from None
     except LeveretError as exc:
@@ -262,7 +257,7 @@ def _serve(
                 len(app.tasks),
                 len(app.rpcs),
                 app.name,
-                _shown(url),
+                safe_url(url),
                 os.getpid(),
             )
             await serve(master, rpc, timeout=shutdown_timeout)
@@ -338,7 +333,7 @@ def status(target: str, url: str) -> None:
         names += [retry_queue(task.name, n) for n in range(2, attempts + 1)]
     names += list(app.rpcs)
 
-    async def look(channel: Channel) -> list[tuple[str, str, str]]:
+    async def look(channel: ChannelLike) -> list[tuple[str, str, str]]:
         rows = []
         for name in names:
             try:
@@ -369,7 +364,7 @@ def demo(tasks: int, calls: int, url: str) -> None:
     from ._demo import run_demo, summary
 
     console = Console()
-    console.print(f"leveret demo against {_shown(url)}")
+    console.print(f"leveret demo against {safe_url(url)}")
     try:
         result = asyncio.run(run_demo(url, tasks, calls, console))
     except ConnectError as exc:

@@ -106,3 +106,9 @@ class AckWindow:
                 write(ack_frame(self._number, tag, False))
                 settled[tag] = _SETTLED
         pending.clear()
+
+
+if TYPE_CHECKING:
+    from ._message import Settler
+
+    _settler: type[Settler] = AckWindow  # the seam Delivery settles through

@@ -15,7 +15,7 @@ import secrets
 import ssl
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from ..exceptions import (
     AMQPError,
@@ -534,8 +534,6 @@ async def connect(
         ConnectError: no broker address could be reached, or the handshake failed.
         AuthenticationError: the broker refused the credentials.
     """
-    if isinstance(url, str) and url.startswith("memory://"):
-        return await _connect_memory(url, name)
     params = parse_urls(
         url,
         heartbeat=heartbeat,
@@ -548,16 +546,3 @@ async def connect(
     connection = Connection(params, client_properties=client_properties, ssl_context=ssl_context)
     await connection._connect()
     return connection
-
-
-async def _connect_memory(url: str, name: str | None) -> Connection:
-    """The in-memory broker's connection, for ``memory://`` URLs.
-
-    It offers what the patterns use (channels, ``close``, ``async with``), not
-    every feature of a real connection; typed as one so that code written for
-    RabbitMQ runs on it unchanged.
-    """
-    # Imported here: leveret.testing builds on leveret.amqp and leveret.patterns.
-    from ..testing import connect_memory
-
-    return cast(Connection, await connect_memory(url, name=name))

@@ -21,7 +21,7 @@ import logging
 import random
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from ..exceptions import (
     AMQPError,
@@ -32,7 +32,7 @@ from ..exceptions import (
 )
 from ._channel import Channel, ChannelState
 from ._codec import Method
-from ._connection import Connection, ConnectionState, _connect_memory
+from ._connection import Connection, ConnectionState
 from ._consumer import notify_cancel
 from ._topology import Topology
 from ._url import DEFAULT_URL, ConnectionParameters, parse_urls
@@ -359,8 +359,6 @@ async def connect_robust(
         ConnectError: the first connection could not be made (no retry then:
             a wrong address should fail fast).
     """
-    if isinstance(url, str) and url.startswith("memory://"):
-        return cast(RobustConnection, await _connect_memory(url, name))
     params = parse_urls(
         url,
         heartbeat=heartbeat,

@@ -329,3 +329,15 @@ def _expiration(value: str | None) -> int | None:
             406, f"PRECONDITION_FAILED - invalid expiration '{value}': {{value_negative,{ttl}}}"
         )
     return ttl
+
+
+if TYPE_CHECKING:
+    # The in-memory channel implements the seams, checked statically: the
+    # patterns' channel, consuming (DeliveryIterator), and settling deliveries.
+    from ..amqp import ConsumingChannel, Settler
+    from ..patterns import PatternChannel
+    from ._unacked import UnackedDeliveries
+
+    _pattern_channel: type[PatternChannel] = MemoryChannel
+    _consuming_channel: type[ConsumingChannel] = MemoryChannel
+    _settler: type[Settler] = UnackedDeliveries

@@ -26,6 +26,7 @@ log = logging.getLogger("leveret.testing")
 _registry: dict[str, MemoryBroker] = {}
 
 CloseCallback = Callable[[Any, BaseException | None], Any]
+BlockedCallback = Callable[[Any, str | None], Any]
 
 
 def get_broker(url: str) -> MemoryBroker:
@@ -92,7 +93,8 @@ class MemoryConnection:
     callbacks are simply never called).
     """
 
-    #: How long an operation waits for a robust channel to come back (never, here).
+    #: As on a robust connection: how long an operation waits for the connection to
+    #: come back (never needed: an in-memory connection never drops).
     reconnect_timeout: float = 0.0
 
     def __init__(self, broker: MemoryBroker, *, name: str | None = None) -> None:
@@ -107,7 +109,8 @@ class MemoryConnection:
         #: Called with ``(connection, reason)`` once it is closed (plain or async);
         #: ``reason`` is ``None`` when its owner closed it.
         self.close_callbacks: list[CloseCallback] = []
-        self.blocked_callbacks: list[CloseCallback] = []
+        #: Never called: the in-memory broker never blocks publishers.
+        self.blocked_callbacks: list[BlockedCallback] = []
         self.reconnect_callbacks: list[Callable[[Any], Any]] = []
         self.queue_renamed_callbacks: list[Callable[[str, str], Any]] = []
 
