@@ -21,6 +21,7 @@ from ._connection import Connection, ConnectionState, connect
 from ._consumer import (
     CancelCallback,
     Consumer,
+    Consuming,
     ConsumingChannel,
     DeliveryCallback,
     DeliveryIterator,
@@ -28,7 +29,8 @@ from ._consumer import (
     claim_consumer_tag,
     notify_cancel,
 )
-from ._frames import Properties
+from ._declare import Declarations
+from ._frames import Properties, PropertyValues
 from ._message import Delivery, QueueDeclareOk, QueueType, ReturnedMessage, SettleKind, Settler
 from ._robust import RobustChannel, RobustConnection, connect_robust
 from ._tasks import TaskOwner
@@ -43,11 +45,14 @@ __all__ = [
     "ConnectionParameters",
     "ConnectionState",
     "Consumer",
+    "Consuming",
     "ConsumingChannel",
+    "Declarations",
     "Delivery",
     "DeliveryCallback",
     "DeliveryIterator",
     "Properties",
+    "PropertyValues",
     "QueueDeclareOk",
     "QueueType",
     "ReturnCallback",

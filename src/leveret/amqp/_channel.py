@@ -30,15 +30,7 @@ from ..exceptions import (
 from ._acks import AckWindow
 from ._codec import Method, encode_method_frame, method_name
 from ._confirms import ConfirmWindow, ReturnCallback, dispatch_return
-from ._consumer import (
-    CancelCallback,
-    Consumer,
-    DeliveryCallback,
-    DeliveryIterator,
-    broker_cancelled,
-    claim_consumer_tag,
-    notify_cancel,
-)
+from ._consumer import Consumer, Consuming, broker_cancelled, notify_cancel
 from ._content import ChannelFrames
 from ._declare import Declarations
 from ._frames import Properties, encode_properties, message_frames, publish_method_frame
@@ -69,7 +61,7 @@ _CLOSING: Final = ChannelState.CLOSING
 _CLOSED: Final = ChannelState.CLOSED
 
 
-class Channel(Declarations):
+class Channel(Declarations, Consuming):
     """An AMQP channel. Open one with :meth:`Connection.channel`; close it with
     :meth:`close` or ``async with``.
 
@@ -77,6 +69,8 @@ class Channel(Declarations):
     only once the broker has confirmed the message. On a robust connection the
     channel is a :class:`RobustChannel`: the same object survives reconnects.
     """
+
+    _connection: Connection
 
     def __init__(self, connection: Connection, number: int, publisher_confirms: bool) -> None:
         self._connection = connection
@@ -241,9 +235,29 @@ class Channel(Declarations):
             await self._ensure_open()
         return await self._call(name, replies, **args)
 
-    async def _topology_method(self, name: str, args: dict[str, Any]) -> Method:
-        """Declare, delete, bind or unbind (a robust channel also records it, to replay)."""
-        return await self._ready_call(name, (f"{name}-ok",), **args)
+    async def _declare(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Send a declaring method (see :class:`Declarations`); returns the reply's arguments."""
+        return (await self._ready_call(method, (f"{method}-ok",), **args)).args
+
+    async def qos(
+        self, prefetch_count: int, *, prefetch_size: int = 0, global_: bool = False
+    ) -> None:
+        """Limit unacked deliveries: per consumer started afterwards, or (``global_``)
+        shared by the whole channel. A robust channel restores it after reconnecting.
+        """
+        if not 0 <= prefetch_count <= 65535:
+            raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
+        await self._ready_call(
+            "basic.qos",
+            ("basic.qos-ok",),
+            prefetch_count=prefetch_count,
+            prefetch_size=prefetch_size,
+            global_=global_,
+        )
+        if global_:
+            self._global_prefetch = (prefetch_count, prefetch_size)
+        else:
+            self._prefetch = (prefetch_count, prefetch_size)
 
     def _write(self, frame: bytes) -> None:
         protocol = self._connection._protocol
@@ -347,60 +361,22 @@ class Channel(Declarations):
 
     # -- consuming ----------------------------------------------------------------
 
-    async def consume(
-        self,
-        queue: str,
-        callback: DeliveryCallback,
-        *,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        consumer_tag: str | None = None,
-        arguments: Mapping[str, Any] | None = None,
-        on_cancel: CancelCallback | None = None,
-        prefetch_count: int | None = None,
-    ) -> str:
-        """Start a consumer; returns its consumer tag.
-
-        ``callback`` is called with each :class:`Delivery`. A plain function runs
-        right away in the event loop; if it returns an awaitable (an ``async def``),
-        that runs as a task owned by the channel. ``on_cancel`` is called if the
-        broker cancels the consumer (its queue was deleted); without it, the
-        cancellation is logged. ``prefetch_count`` sets this consumer's own qos
-        (``basic.qos`` then ``basic.consume``, never interleaved with another
-        consumer's on this channel).
-        """
+    async def _consume(self, consumer: Consumer, prefetch_count: int | None) -> None:
+        """Start a consumer for :meth:`consume` (which made it and claimed its tag)."""
         if prefetch_count is not None:
             async with self._consume_lock:
                 await self.qos(prefetch_count)
-                return await self.consume(
-                    queue,
-                    callback,
-                    no_ack=no_ack,
-                    exclusive=exclusive,
-                    consumer_tag=consumer_tag,
-                    arguments=arguments,
-                    on_cancel=on_cancel,
-                )
-        tag = claim_consumer_tag(self._consumers, self._connection.id, consumer_tag)
+                await self._consume(consumer, None)
+            return
         if self._state is not _OPEN:
             await self._ensure_open()
-        consumer = Consumer(
-            tag,
-            queue,
-            callback,
-            no_ack=no_ack,
-            exclusive=exclusive,
-            arguments=arguments,
-            on_cancel=on_cancel,
-            prefetch=self._prefetch,
-        )
-        self._consumers[tag] = consumer
+        consumer.prefetch = self._prefetch
+        self._consumers[consumer.tag] = consumer
         try:
             await self._start_consumer(consumer)
         except BaseException:
-            self._consumers.pop(tag, None)
+            self._consumers.pop(consumer.tag, None)
             raise
-        return tag
 
     async def _start_consumer(self, consumer: Consumer) -> None:
         await self._call(
@@ -424,28 +400,6 @@ class Channel(Declarations):
                 await self._call("basic.cancel", ("basic.cancel-ok",), consumer_tag=consumer_tag)
         finally:
             self._consumers.pop(consumer_tag, None)
-
-    def iterate(
-        self,
-        queue: str,
-        *,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> DeliveryIterator:
-        """Consume as an async iterator; use it as ``async with``::
-
-            async with channel.iterate("jobs") as deliveries:
-                async for delivery in deliveries:
-                    ...
-                    delivery.ack()
-
-        Leaving the block cancels the consumer and requeues deliveries that
-        were received but not yet handed out.
-        """
-        return DeliveryIterator(
-            self, queue, no_ack=no_ack, exclusive=exclusive, arguments=arguments
-        )
 
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
         """Fetch one message with ``basic.get``; ``None`` if the queue is empty."""

@@ -1,10 +1,12 @@
 """Consumers, as both brokers' channels keep them, and consuming as an async iterator.
 
 A :class:`Consumer` is one ``basic.consume``: its tag, queue, callback and what a
-restart needs. Deliveries reach its callback through the channel's
+restart needs. :class:`Consuming` gives a channel ``consume`` and ``iterate``
+over its own ``_consume``. Deliveries reach the callback through the channel's
 :class:`~leveret.amqp.TaskOwner` (``tasks.call(consumer.callback, delivery)``);
-when it stops, :func:`notify_cancel` tells its owner. :class:`DeliveryIterator`
-works on any channel that offers :class:`ConsumingChannel`.
+when a consumer stops, :func:`notify_cancel` tells its owner.
+:class:`DeliveryIterator` works on any channel that offers
+:class:`ConsumingChannel`.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class ConsumingChannel(Protocol):
 class Consumer:
     """One ``basic.consume`` on a channel: what delivers to it, and what a restart needs.
 
-    ``prefetch`` is the per-consumer qos (count, size) it started under;
+    ``prefetch`` is the per-consumer qos (count, size) it started under (set by
+    the channel when it starts it);
     ``cancelled`` is set once its owner cancels it (deliveries still in flight
     are then requeued, and its end is not reported as a surprise).
     """
@@ -103,6 +106,90 @@ class Consumer:
         self.on_cancel = on_cancel
         self.prefetch = prefetch
         self.cancelled = False
+
+
+class _Connection(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class Consuming:
+    """``consume`` and ``iterate``, written once for both brokers' channels.
+
+    The channel they are mixed into starts the consumer in ``_consume``; its
+    ``_consumers`` are the tags in use, ``_connection.id`` makes new ones.
+    """
+
+    _connection: _Connection
+    _consumers: Mapping[str, object]
+    #: Start ``consumer`` (under its own qos when ``prefetch_count`` is given).
+    _consume: Callable[[Consumer, int | None], Awaitable[None]]
+
+    async def consume(
+        self,
+        queue: str,
+        callback: DeliveryCallback,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+        on_cancel: CancelCallback | None = None,
+        prefetch_count: int | None = None,
+    ) -> str:
+        """Start a consumer; returns its consumer tag.
+
+        ``callback`` is called with each :class:`Delivery`. A plain function runs
+        right away in the event loop; if it returns an awaitable (an ``async def``),
+        that runs as a task owned by the channel. ``on_cancel`` is called if the
+        broker cancels the consumer (its queue was deleted); without it, the
+        cancellation is logged. ``prefetch_count`` sets this consumer's own qos
+        (``basic.qos`` then ``basic.consume``, never interleaved with another
+        consumer's on this channel).
+
+        Raises:
+            ConfigurationError: ``consumer_tag`` is in use on this channel, or
+                ``prefetch_count`` is outside 0..65535.
+            NotFoundError, ResourceLockedError, AccessRefusedError: the broker
+                refused the queue (missing, another connection's, in exclusive use).
+        """
+        if prefetch_count is not None and not 0 <= prefetch_count <= 65535:
+            raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
+        tag = claim_consumer_tag(self._consumers, self._connection.id, consumer_tag)
+        consumer = Consumer(
+            tag,
+            queue,
+            callback,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            arguments=arguments,
+            on_cancel=on_cancel,
+            prefetch=None,
+        )
+        await self._consume(consumer, prefetch_count)
+        return tag
+
+    def iterate(
+        self: ConsumingChannel,
+        queue: str,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> DeliveryIterator:
+        """Consume as an async iterator; use it as ``async with``::
+
+            async with channel.iterate("jobs") as deliveries:
+                async for delivery in deliveries:
+                    ...
+                    delivery.ack()
+
+        Leaving the block cancels the consumer and requeues deliveries that
+        were received but not yet handed out.
+        """
+        return DeliveryIterator(
+            self, queue, no_ack=no_ack, exclusive=exclusive, arguments=arguments
+        )
 
 
 def claim_consumer_tag(

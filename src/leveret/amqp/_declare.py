@@ -1,10 +1,11 @@
-"""The declaring methods of a channel: exchanges, queues, bindings, purge, qos.
+"""The declaring methods of a channel: exchanges, queues, bindings, purge, delete.
 
-Each builds the method's arguments and sends it through the channel's
-``_topology_method`` (which a robust channel extends to record what it declared,
-to replay after a reconnect) or ``_ready_call`` (waits for a reopening channel).
-The argument dicts use the keyword names of these methods, so a recorded
-declaration can be replayed through them.
+Written once for both brokers' channels: each method builds the AMQP method's
+arguments (under the keyword names of these methods, so that a recorded
+declaration can be replayed through them) and hands them to the channel's
+``_declare``, which carries it out and returns the broker's reply arguments. A
+robust channel's ``_declare`` also records what it declared, to replay after a
+reconnect; the in-memory channel's asks its broker.
 """
 
 from __future__ import annotations
@@ -12,21 +13,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ..exceptions import ConfigurationError
-from ._codec import Method
 from ._message import QueueDeclareOk
+
+#: Carry out a declaring method (``"queue.declare"`` ...) with these arguments
+#: once the channel is open; returns the arguments of the broker's reply.
+Declare = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class Declarations:
-    """Mixed into :class:`~leveret.amqp.Channel`, which provides the two senders."""
+    """The declaring methods, over the ``_declare`` of the channel they are mixed into."""
 
-    #: Send a method that changes the broker's topology; returns the reply.
-    _topology_method: Callable[[str, dict[str, Any]], Awaitable[Method]]
-    #: Send any method once the channel is open; returns the reply.
-    _ready_call: Callable[..., Awaitable[Method]]
-    #: The qos last set per consumer and for the channel as a whole: (count, size).
-    _prefetch: tuple[int, int] | None
-    _global_prefetch: tuple[int, int] | None
+    _declare: Declare
 
     async def exchange_declare(
         self,
@@ -54,10 +51,10 @@ class Declarations:
             internal=internal,
             arguments=arguments,
         )
-        await self._topology_method("exchange.declare", args)
+        await self._declare("exchange.declare", args)
 
     async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
-        await self._topology_method("exchange.delete", dict(exchange=exchange, if_unused=if_unused))
+        await self._declare("exchange.delete", dict(exchange=exchange, if_unused=if_unused))
 
     async def exchange_bind(
         self,
@@ -70,7 +67,7 @@ class Declarations:
         args = dict(
             destination=destination, source=source, routing_key=routing_key, arguments=arguments
         )
-        await self._topology_method("exchange.bind", args)
+        await self._declare("exchange.bind", args)
 
     async def exchange_unbind(
         self,
@@ -83,7 +80,7 @@ class Declarations:
         args = dict(
             destination=destination, source=source, routing_key=routing_key, arguments=arguments
         )
-        await self._topology_method("exchange.unbind", args)
+        await self._declare("exchange.unbind", args)
 
     async def queue_declare(
         self,
@@ -101,6 +98,7 @@ class Declarations:
             NotFoundError: passive, and the queue does not exist.
             PreconditionFailedError: it exists with other settings.
             ResourceLockedError: it is exclusive to another connection.
+            AccessRefusedError: the name starts with ``amq.`` (reserved).
         """
         args = dict(
             queue=queue,
@@ -110,8 +108,7 @@ class Declarations:
             auto_delete=auto_delete,
             arguments=arguments,
         )
-        reply = await self._topology_method("queue.declare", args)
-        return QueueDeclareOk(**reply.args)
+        return QueueDeclareOk(**await self._declare("queue.declare", args))
 
     async def queue_bind(
         self,
@@ -122,7 +119,7 @@ class Declarations:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         args = dict(queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments)
-        await self._topology_method("queue.bind", args)
+        await self._declare("queue.bind", args)
 
     async def queue_unbind(
         self,
@@ -133,12 +130,11 @@ class Declarations:
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         args = dict(queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments)
-        await self._topology_method("queue.unbind", args)
+        await self._declare("queue.unbind", args)
 
     async def queue_purge(self, queue: str) -> int:
         """Drop the queue's ready messages; returns how many."""
-        reply = await self._ready_call("queue.purge", ("queue.purge-ok",), queue=queue)
-        count: int = reply.args["message_count"]
+        count: int = (await self._declare("queue.purge", dict(queue=queue)))["message_count"]
         return count
 
     async def queue_delete(
@@ -146,26 +142,5 @@ class Declarations:
     ) -> int:
         """Delete a queue; returns how many messages it held."""
         args = dict(queue=queue, if_unused=if_unused, if_empty=if_empty)
-        reply = await self._topology_method("queue.delete", args)
-        count: int = reply.args["message_count"]
+        count: int = (await self._declare("queue.delete", args))["message_count"]
         return count
-
-    async def qos(
-        self, prefetch_count: int, *, prefetch_size: int = 0, global_: bool = False
-    ) -> None:
-        """Limit unacked deliveries: per consumer started afterwards, or (``global_``)
-        shared by the whole channel. A robust channel restores it after reconnecting.
-        """
-        if not 0 <= prefetch_count <= 65535:
-            raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
-        await self._ready_call(
-            "basic.qos",
-            ("basic.qos-ok",),
-            prefetch_count=prefetch_count,
-            prefetch_size=prefetch_size,
-            global_=global_,
-        )
-        if global_:
-            self._global_prefetch = (prefetch_count, prefetch_size)
-        else:
-            self._prefetch = (prefetch_count, prefetch_size)

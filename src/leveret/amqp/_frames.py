@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import struct
-from typing import Any
+from typing import Any, TypedDict
 
 from ..exceptions import ConfigurationError
 from ._codec import (
@@ -71,6 +71,24 @@ _PROPERTY_NAMES = (
     "app_id",
     "cluster_id",
 )
+
+
+class PropertyValues(TypedDict, total=False):
+    """The content properties as keywords, as :meth:`Channel.publish` takes them."""
+
+    content_type: str | None
+    content_encoding: str | None
+    headers: FieldTable | None
+    delivery_mode: int | None
+    priority: int | None
+    correlation_id: str | None
+    reply_to: str | None
+    expiration: str | int | None
+    message_id: str | None
+    timestamp: int | float | None
+    type: str | None
+    user_id: str | None
+    app_id: str | None
 
 
 class Properties:

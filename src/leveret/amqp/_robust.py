@@ -31,7 +31,6 @@ from ..exceptions import (
     ConnectionLostError,
 )
 from ._channel import Channel, ChannelState
-from ._codec import Method
 from ._connection import Connection, ConnectionState
 from ._consumer import notify_cancel
 from ._topology import Topology
@@ -58,9 +57,9 @@ class RobustChannel(Channel):
         """True once closed for good (not while it waits to be reopened)."""
         return self._state is ChannelState.CLOSED and self._reopened is None
 
-    async def _topology_method(self, name: str, args: dict[str, Any]) -> Method:
-        reply = await super()._topology_method(name, args)
-        self._connection.topology.record(name, args, reply)
+    async def _declare(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        reply = await super()._declare(method, args)
+        self._connection.topology.record(method, args, reply)
         return reply
 
     def _abandon(self, why: str) -> None:

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import BrokerError
-from ._codec import Method
 
 if TYPE_CHECKING:
     from ._channel import Channel
@@ -35,14 +34,15 @@ class Topology:
     def __init__(self) -> None:
         self._entries: dict[Key, tuple[str, dict[str, Any]]] = {}
 
-    def record(self, method: str, args: dict[str, Any], reply: Method) -> None:
-        """Note a declare, delete, bind or unbind the broker has just confirmed."""
+    def record(self, method: str, args: dict[str, Any], reply: dict[str, Any]) -> None:
+        """Note a declaring method the broker has just confirmed (``reply`` holds the
+        arguments of its answer); what cannot be replayed (a purge) is ignored."""
         if method == "exchange.declare":
             if not args["passive"]:
                 self._remember(("exchange", args["exchange"]), method, args)
         elif method == "queue.declare":
             if not args["passive"]:
-                self._remember(("queue", reply.args["queue"]), method, args)
+                self._remember(("queue", reply["queue"]), method, args)
         elif method == "queue.bind":
             self._remember(_binding_key("queue-bind", args), method, args)
         elif method == "exchange.bind":

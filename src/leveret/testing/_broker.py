@@ -277,8 +277,8 @@ class MemoryBroker:
             if len(kept) != len(exchange.bindings):
                 exchange.bindings = kept
                 self._maybe_auto_delete(exchange)
-        for consumer in queue.delete():
-            consumer.channel._broker_cancelled(consumer)
+        for subscription in queue.delete():
+            subscription.channel._broker_cancelled(subscription)
         self._changed()
         return count
 

@@ -12,12 +12,12 @@ the channel closes; a confirming publish returns once the broker took the messag
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from ..amqp import (
+    Declarations,
     Properties,
-    QueueDeclareOk,
+    PropertyValues,
     ReturnCallback,
     ReturnedMessage,
     dispatch_return,
@@ -37,13 +37,14 @@ if TYPE_CHECKING:
 _AUTHENTICATED_USER = "guest"
 
 
-class MemoryChannel(ChannelCore):
+class MemoryChannel(ChannelCore, Declarations):
     """A channel of a :class:`MemoryConnection`; open one with ``connection.channel()``.
 
     Implements :class:`leveret.patterns.PatternChannel` and the rest of
     :class:`leveret.amqp.Channel`'s API that tests use (``get``, ``iterate``,
-    ``qos``, declares, bindings, purge, delete). ``exchange_bind`` is not
-    implemented (it raises :class:`~leveret.exceptions.NotImplementedByBrokerError`).
+    ``qos``, declares, bindings, purge, delete). Exchange-to-exchange bindings
+    are not implemented: ``exchange_bind`` and ``exchange_unbind`` raise
+    :class:`~leveret.exceptions.NotImplementedByBrokerError` (and close the channel).
     """
 
     def __init__(self, connection: MemoryConnection, number: int, publisher_confirms: bool) -> None:
@@ -52,120 +53,54 @@ class MemoryChannel(ChannelCore):
         #: Called with each :class:`ReturnedMessage` no awaiting publish claims.
         self.return_callbacks: list[ReturnCallback] = []
 
-    # -- declarations -----------------------------------------------------------------
+    # -- declarations (the methods are leveret.amqp's Declarations) ----------------------
 
-    async def queue_declare(
-        self,
-        queue: str = "",
-        *,
-        passive: bool = False,
-        durable: bool = False,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> QueueDeclareOk:
-        """Declare a queue; ``""`` lets the broker choose the name (see the result).
+    async def _declare(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Carry out a declaring method on the broker; returns the reply's arguments."""
+        broker, connection = self._broker, self._connection
+        if method == "queue.declare":  # as the broker receives them (raises as the client would)
+            arguments = normalize_table(args["arguments"])
 
-        Raises:
-            NotFoundError: passive, and the queue does not exist.
-            PreconditionFailedError: it exists with other settings.
-            ResourceLockedError: it is exclusive to another connection.
-            AccessRefusedError: the name starts with ``amq.``.
-        """
-        args = normalize_table(arguments)
-        return await self._request(
-            "queue.declare",
-            lambda: self._broker.declare_queue(
-                self._connection,
-                queue,
-                passive=passive,
-                durable=durable,
-                exclusive=exclusive,
-                auto_delete=auto_delete,
-                arguments=args,
-            ),
-        )
+        def carry_out() -> dict[str, Any]:
+            if method == "queue.declare":
+                return broker.declare_queue(
+                    connection,
+                    args["queue"],
+                    passive=args["passive"],
+                    durable=args["durable"],
+                    exclusive=args["exclusive"],
+                    auto_delete=args["auto_delete"],
+                    arguments=arguments,
+                )._asdict()
+            if method == "queue.bind":
+                broker.bind(connection, args["queue"], args["exchange"], args["routing_key"])
+            elif method == "queue.unbind":
+                broker.unbind(connection, args["queue"], args["exchange"], args["routing_key"])
+            elif method == "queue.purge":
+                return {"message_count": broker._queue(args["queue"], connection).purge()}
+            elif method == "queue.delete":
+                count = broker.delete_queue(
+                    connection,
+                    args["queue"],
+                    if_unused=args["if_unused"],
+                    if_empty=args["if_empty"],
+                )
+                return {"message_count": count}
+            elif method == "exchange.declare":
+                broker.declare_exchange(
+                    args["exchange"],
+                    args["type"],
+                    passive=args["passive"],
+                    durable=args["durable"],
+                    auto_delete=args["auto_delete"],
+                )
+            elif method == "exchange.delete":
+                broker.delete_exchange(args["exchange"], if_unused=args["if_unused"])
+            else:  # exchange.bind, exchange.unbind
+                raise not_implemented("exchange-to-exchange bindings")
+            return {}
 
-    async def queue_bind(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        *,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        await self._request(
-            "queue.bind", lambda: self._broker.bind(self._connection, queue, exchange, routing_key)
-        )
-
-    async def queue_unbind(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        *,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        await self._request(
-            "queue.unbind",
-            lambda: self._broker.unbind(self._connection, queue, exchange, routing_key),
-        )
-
-    async def queue_purge(self, queue: str) -> int:
-        """Drop the queue's ready messages; returns how many."""
-        return await self._request(
-            "queue.purge", lambda: self._broker._queue(queue, self._connection).purge()
-        )
-
-    async def queue_delete(
-        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
-    ) -> int:
-        """Delete a queue; returns how many messages it held."""
-        return await self._request(
-            "queue.delete",
-            lambda: self._broker.delete_queue(
-                self._connection, queue, if_unused=if_unused, if_empty=if_empty
-            ),
-        )
-
-    async def exchange_declare(
-        self,
-        exchange: str,
-        type: str = "direct",
-        *,
-        passive: bool = False,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Declare a ``direct``, ``fanout`` or ``topic`` exchange."""
-        await self._request(
-            "exchange.declare",
-            lambda: self._broker.declare_exchange(
-                exchange, type, passive=passive, durable=durable, auto_delete=auto_delete
-            ),
-        )
-
-    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
-        await self._request(
-            "exchange.delete", lambda: self._broker.delete_exchange(exchange, if_unused=if_unused)
-        )
-
-    async def exchange_bind(
-        self,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        *,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Not implemented by the in-memory broker: raises and closes the channel."""
-
-        def refuse() -> None:
-            raise not_implemented("exchange-to-exchange bindings")
-
-        await self._request("exchange.bind", refuse)
+        return await self._request(method, carry_out)
 
     async def qos(
         self, prefetch_count: int, *, prefetch_size: int = 0, global_: bool = False
@@ -194,26 +129,15 @@ class MemoryChannel(ChannelCore):
         exchange: str = "",
         mandatory: bool = False,
         properties: Properties | None = None,
-        content_type: str | None = None,
-        content_encoding: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        delivery_mode: int | None = None,
-        priority: int | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
-        expiration: str | int | None = None,
-        message_id: str | None = None,
-        timestamp: int | float | None = None,
-        type: str | None = None,
-        user_id: str | None = None,
-        app_id: str | None = None,
         confirm: bool = True,
+        **values: Unpack[PropertyValues],
     ) -> None:
         """Publish a message; on a confirming channel, return once the broker took it.
 
-        As :meth:`leveret.amqp.Channel.publish`: ``expiration`` is in milliseconds;
-        ``confirm=False`` (or a channel without publisher confirms) returns at once
-        and hands an unroutable ``mandatory`` message to :attr:`return_callbacks`.
+        As :meth:`leveret.amqp.Channel.publish` (the property keywords are the same):
+        ``expiration`` is in milliseconds; ``confirm=False`` (or a channel without
+        publisher confirms) returns at once and hands an unroutable ``mandatory``
+        message to :attr:`return_callbacks`.
 
         Raises:
             MessageReturnedError: ``mandatory`` and no queue took it (attached).
@@ -226,24 +150,11 @@ class MemoryChannel(ChannelCore):
         self._ensure_open()
         if body.__class__ is not bytes:
             if not isinstance(body, bytearray | memoryview):
-                raise ConfigurationError(f"message body must be bytes, not {type_name(body)}")
+                raise ConfigurationError(f"message body must be bytes, not {type(body).__name__}")
             body = bytes(body)
+        keywords = Properties(**values)  # an unknown keyword raises TypeError, as on Channel
         if properties is None:
-            properties = Properties(
-                content_type=content_type,
-                content_encoding=content_encoding,
-                headers=headers,
-                delivery_mode=delivery_mode,
-                priority=priority,
-                correlation_id=correlation_id,
-                reply_to=reply_to,
-                expiration=expiration,
-                message_id=message_id,
-                timestamp=timestamp,
-                type=type,
-                user_id=user_id,
-                app_id=app_id,
-            )
+            properties = keywords
         encode_shortstr(exchange, "exchange name")
         encode_shortstr(routing_key, "routing key")
         encoded = properties.encode()  # a value that cannot travel raises here, as on the wire
@@ -308,10 +219,6 @@ class MemoryChannel(ChannelCore):
     def _on_return(self, message: ReturnedMessage) -> None:
         if self._open:
             dispatch_return(self._tasks, self.return_callbacks, message, log)
-
-
-def type_name(value: object) -> str:
-    return type(value).__name__
 
 
 def _expiration(value: str | None) -> int | None:

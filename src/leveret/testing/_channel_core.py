@@ -13,24 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..amqp import (
-    CancelCallback,
+    Consumer,
+    Consuming,
     Delivery,
-    DeliveryCallback,
-    DeliveryIterator,
     TaskOwner,
     broker_cancelled,
-    claim_consumer_tag,
     notify_cancel,
     publish_not_confirmed,
 )
-from ..exceptions import BrokerError, ChannelClosedError, ConfigurationError, broker_error
+from ..exceptions import BrokerError, ChannelClosedError, broker_error
 from ._broker import REPLY_TO
 from ._errors import Refusal
-from ._queue import MemoryQueue, QueueConsumer
+from ._queue import MemoryQueue, Subscription
 from ._unacked import UnackedDeliveries
 
 if TYPE_CHECKING:
@@ -42,8 +40,10 @@ log = logging.getLogger("leveret.testing")
 T = TypeVar("T")
 
 
-class ChannelCore:
+class ChannelCore(Consuming):
     """State, lifecycle, consuming and settling of a :class:`MemoryChannel`."""
+
+    _connection: MemoryConnection
 
     def __init__(self, connection: MemoryConnection, number: int) -> None:
         self._connection = connection
@@ -52,7 +52,7 @@ class ChannelCore:
         self.number = number
         self._open = True
         self._close_reason: BaseException | None = None
-        self._consumers: dict[str, QueueConsumer] = {}
+        self._consumers: dict[str, Subscription] = {}
         self._unacked = UnackedDeliveries(self)
         self._prefetch = 0
         self._global_prefetch = 0
@@ -65,12 +65,6 @@ class ChannelCore:
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
         return f"<{type(self).__name__} {self.number} {state} on {self._broker.url}>"
-
-    async def __aenter__(self) -> ChannelCore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     @property
     def connection(self) -> MemoryConnection:
@@ -102,10 +96,10 @@ class ChannelCore:
         self._close_reason = reason
         # The broker's side: unacked deliveries go back (in order), consumers go.
         self._unacked.release()
-        consumers = list(self._consumers.values())
+        subscriptions = list(self._consumers.values())
         self._consumers.clear()
-        for consumer in consumers:
-            consumer.target.remove_consumer(consumer)
+        for subscription in subscriptions:
+            subscription.queue.remove_consumer(subscription)
         if self._reply_queue is not None:
             self._broker.drop_reply_queue(self._reply_queue)
             self._reply_queue = None
@@ -115,8 +109,8 @@ class ChannelCore:
             if not future.done():
                 future.set_exception(publish_not_confirmed(self.number, reason))
         self._connection._forget_channel(self)
-        for consumer in consumers:
-            notify_cancel(self._tasks, consumer, reason)
+        for subscription in subscriptions:
+            notify_cancel(self._tasks, subscription.consumer, reason)
         for callback in list(self.close_callbacks):
             self._tasks.call(callback, self, reason)
         self._broker._changed()
@@ -126,8 +120,8 @@ class ChannelCore:
         (futures and callbacks of a closed loop cannot run)."""
         self.close_callbacks.clear()
         self._unconfirmed.clear()
-        for consumer in self._consumers.values():
-            consumer.on_cancel = None
+        for subscription in self._consumers.values():
+            subscription.consumer.on_cancel = None
         self._finish(reason)
 
     def _ensure_open(self) -> None:
@@ -161,90 +155,49 @@ class ChannelCore:
 
     # -- consuming --------------------------------------------------------------------
 
-    async def consume(
-        self,
-        queue: str,
-        callback: DeliveryCallback,
-        *,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        consumer_tag: str | None = None,
-        arguments: Mapping[str, Any] | None = None,
-        on_cancel: CancelCallback | None = None,
-        prefetch_count: int | None = None,
-    ) -> str:
-        """Start a consumer; returns its consumer tag (as :meth:`leveret.amqp.Channel.consume`).
+    async def _consume(self, consumer: Consumer, prefetch_count: int | None) -> None:
+        """Start a consumer for :meth:`consume` (which made it and claimed its tag).
 
-        ``prefetch_count`` sets this consumer's own window (a ``basic.qos`` first).
-        Consuming ``amq.rabbitmq.reply-to`` (with ``no_ack=True``) starts this
-        channel's direct reply-to consumer.
-
-        Raises:
-            NotFoundError, ResourceLockedError: no such queue, or not this connection's.
-            AccessRefusedError: an exclusive consumer is in the way (or would be).
-            PreconditionFailedError: a direct reply-to consumer that acks, or a second one.
+        ``prefetch_count`` sets its own window (a ``basic.qos`` first). Consuming
+        ``amq.rabbitmq.reply-to`` (with ``no_ack=True``) starts this channel's
+        direct reply-to consumer; a second one, or one that acks, is refused (406).
         """
-        if prefetch_count is not None and not 0 <= prefetch_count <= 65535:
-            raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
-        tag = claim_consumer_tag(self._consumers, self._connection.id, consumer_tag)
 
-        def start() -> str:
+        def start() -> None:
             if prefetch_count is not None:  # basic.qos then basic.consume, nothing between
                 self._prefetch = prefetch_count
-            if queue == REPLY_TO:
-                if not no_ack:
+            if consumer.queue == REPLY_TO:
+                if not consumer.no_ack:
                     raise Refusal(406, "PRECONDITION_FAILED - reply consumer cannot acknowledge")
                 if self._reply_queue is not None:
                     raise Refusal(406, "PRECONDITION_FAILED - reply consumer already set")
                 target = self._reply_queue = self._broker.new_reply_queue()
             else:
-                target = self._broker._queue(queue, self._connection)
-                if target.exclusive_consumer() or (exclusive and target.has_consumers):
+                target = self._broker._queue(consumer.queue, self._connection)
+                if target.exclusive_consumer() or (consumer.exclusive and target.has_consumers):
                     raise Refusal(
-                        403, f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
+                        403,
+                        f"ACCESS_REFUSED - queue '{consumer.queue}' in vhost '/' in exclusive use",
                     )
-            consumer = QueueConsumer(
-                tag,
-                target,
-                self,
-                callback,
-                no_ack=no_ack,
-                exclusive=exclusive,
-                prefetch=self._prefetch,
-                on_cancel=on_cancel,
-            )
-            self._consumers[tag] = consumer
-            target.add_consumer(consumer)
-            return tag
+            consumer.prefetch = (self._prefetch, 0) if self._prefetch else None
+            subscription = self._consumers[consumer.tag] = Subscription(consumer, target, self)
+            target.add_consumer(subscription)
 
-        return await self._request("basic.consume", start)
+        await self._request("basic.consume", start)
 
     async def cancel(self, consumer_tag: str) -> None:
         """Stop a consumer; its unacked deliveries stay unacked (settle them as usual)."""
-        consumer = self._consumers.pop(consumer_tag, None)
-        if consumer is None:
+        subscription = self._consumers.pop(consumer_tag, None)
+        if subscription is None:
             return
-        if consumer.target is self._reply_queue:
-            self._broker.drop_reply_queue(consumer.target)
+        if subscription.queue is self._reply_queue:
+            self._broker.drop_reply_queue(subscription.queue)
             self._reply_queue = None
         else:
-            consumer.target.remove_consumer(consumer)
+            subscription.queue.remove_consumer(subscription)
         self._broker._changed()
         if self._open:
             await asyncio.sleep(0)  # basic.cancel-ok's round trip
-
-    def iterate(
-        self,
-        queue: str,
-        *,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> DeliveryIterator:
-        """Consume as an async iterator (see :meth:`leveret.amqp.Channel.iterate`)."""
-        return DeliveryIterator(
-            self, queue, no_ack=no_ack, exclusive=exclusive, arguments=arguments
-        )
 
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
         """Fetch one message with ``basic.get``; ``None`` if the queue is empty."""
@@ -284,14 +237,14 @@ class ChannelCore:
             self._wake_consumers()
 
     def _wake_consumers(self) -> None:
-        for consumer in self._consumers.values():
-            consumer.target.schedule()
+        for subscription in self._consumers.values():
+            subscription.queue.schedule()
 
-    def _deliver(self, consumer: QueueConsumer, message: StoredMessage) -> None:
+    def _deliver(self, subscription: Subscription, message: StoredMessage) -> None:
         """Hand a message to a consumer (called by the queue's dispatch, never re-entrantly)."""
         unacked = self._unacked
         tag = unacked.next_tag()
-        queue = consumer.target
+        queue, consumer = subscription.queue, subscription.consumer
         delivery = Delivery(
             unacked,
             message.body,
@@ -304,10 +257,11 @@ class ChannelCore:
             consumer.no_ack,
         )
         if not consumer.no_ack:
-            unacked.hold(tag, queue, message, consumer)
+            unacked.hold(tag, queue, message, subscription)
         self._tasks.call(consumer.callback, delivery)
 
-    def _broker_cancelled(self, consumer: QueueConsumer) -> None:
+    def _broker_cancelled(self, subscription: Subscription) -> None:
         """The consumer's queue was deleted: RabbitMQ sends basic.cancel."""
+        consumer = subscription.consumer
         if self._consumers.pop(consumer.tag, None) is not None:
             notify_cancel(self._tasks, consumer, broker_cancelled(consumer.tag, consumer.queue))

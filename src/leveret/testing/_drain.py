@@ -91,9 +91,9 @@ def _resolve(
     if isinstance(target, RPC):
         channel = _channel_of(target.channel)
         served = [
-            consumer.queue
-            for consumer in channel._consumers.values()
-            if consumer.target is not channel._reply_queue
+            subscription.queue.name
+            for subscription in channel._consumers.values()
+            if subscription.queue is not channel._reply_queue
         ]
         return served, channel._broker, []
     if isinstance(target, MemoryQueue):

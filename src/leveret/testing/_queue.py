@@ -18,7 +18,7 @@ from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ..amqp import CancelCallback, Consumer, DeliveryCallback
+from ..amqp import Consumer
 from ._message import QueuedMessage, StoredMessage, decode
 
 if TYPE_CHECKING:
@@ -30,42 +30,24 @@ if TYPE_CHECKING:
 _CLOCK_SLACK = time.get_clock_info("monotonic").resolution
 
 
-class QueueConsumer(Consumer):
-    """A consumer as the broker keeps it: its queue, its channel, and how many of its
-    deliveries are unacked (against its prefetch window)."""
+class Subscription:
+    """A consumer as its queue keeps it: the client's :class:`~leveret.amqp.Consumer`,
+    the channel it delivers to, and how many of its deliveries are unacked (against
+    its prefetch window)."""
 
-    __slots__ = ("channel", "target", "unacked")
+    __slots__ = ("channel", "consumer", "queue", "unacked")
 
-    def __init__(
-        self,
-        tag: str,
-        target: MemoryQueue,
-        channel: ChannelCore,
-        callback: DeliveryCallback,
-        *,
-        no_ack: bool,
-        exclusive: bool,
-        prefetch: int,
-        on_cancel: CancelCallback | None,
-    ) -> None:
-        super().__init__(
-            tag,
-            target.name,
-            callback,
-            no_ack=no_ack,
-            exclusive=exclusive,
-            arguments=None,
-            on_cancel=on_cancel,
-            prefetch=(prefetch, 0) if prefetch else None,
-        )
-        self.target = target
+    def __init__(self, consumer: Consumer, queue: MemoryQueue, channel: ChannelCore) -> None:
+        self.consumer = consumer
+        self.queue = queue
         self.channel = channel
         self.unacked = 0
 
     def has_capacity(self) -> bool:
-        if self.no_ack:  # prefetch limits unacked deliveries; these are never unacked
+        consumer = self.consumer
+        if consumer.no_ack:  # prefetch limits unacked deliveries; these are never unacked
             return True
-        if self.prefetch is not None and self.unacked >= self.prefetch[0]:
+        if consumer.prefetch is not None and self.unacked >= consumer.prefetch[0]:
             return False
         return self.channel._has_capacity()
 
@@ -100,8 +82,8 @@ class MemoryQueue:
         self._overflow = arguments.get("x-overflow", "drop-head")
         self._delivery_limit = _non_negative_int(arguments.get("x-delivery-limit"))
         self._ready: deque[StoredMessage] = deque()
-        self._consumers: list[QueueConsumer] = []
-        self._next_consumer = 0
+        self._subscriptions: list[Subscription] = []
+        self._next_subscription = 0
         self._unacked = 0
         self._had_consumers = False
         self._seq = itertools.count(1)
@@ -113,7 +95,7 @@ class MemoryQueue:
     def __repr__(self) -> str:
         return (
             f"<MemoryQueue {self.name!r} {self.queue_type} ready={len(self._ready)} "
-            f"unacked={self._unacked} consumers={len(self._consumers)}>"
+            f"unacked={self._unacked} consumers={len(self._subscriptions)}>"
         )
 
     # -- what a test may look at ------------------------------------------------------
@@ -138,7 +120,7 @@ class MemoryQueue:
 
     @property
     def consumer_count(self) -> int:
-        return len(self._consumers)
+        return len(self._subscriptions)
 
     def messages(self) -> list[QueuedMessage]:
         """Snapshots of the ready messages, head first (nothing is consumed)."""
@@ -155,7 +137,7 @@ class MemoryQueue:
 
     @property
     def has_consumers(self) -> bool:
-        return bool(self._consumers)
+        return bool(self._subscriptions)
 
     def owned_by(self, connection: object) -> bool:
         return self._owner is None or self._owner is connection
@@ -206,18 +188,18 @@ class MemoryQueue:
         ready.insert(index, message)
         self.schedule()
 
-    def settled(self, consumer: QueueConsumer | None) -> None:
+    def settled(self, subscription: Subscription | None) -> None:
         """An unacked delivery of this queue was settled."""
         self._unacked -= 1
-        if consumer is not None:
-            consumer.unacked -= 1
+        if subscription is not None:
+            subscription.unacked -= 1
             if self._ready:
                 self.schedule()  # its prefetch window has room again
 
-    def delivered(self, consumer: QueueConsumer | None) -> None:
+    def delivered(self, subscription: Subscription | None) -> None:
         self._unacked += 1
-        if consumer is not None:
-            consumer.unacked += 1
+        if subscription is not None:
+            subscription.unacked += 1
 
     def take(self) -> StoredMessage | None:
         """The head message for ``basic.get`` (expired ones are dead-lettered first)."""
@@ -238,33 +220,38 @@ class MemoryQueue:
         self._arm_timer()
         return count
 
-    def add_consumer(self, consumer: QueueConsumer) -> None:
-        self._consumers.append(consumer)
+    def add_consumer(self, subscription: Subscription) -> None:
+        self._subscriptions.append(subscription)
         self._had_consumers = True
         self.schedule()
 
-    def remove_consumer(self, consumer: QueueConsumer) -> None:
+    def remove_consumer(self, subscription: Subscription) -> None:
         """Forget a consumer; an auto-delete queue goes with its last consumer."""
-        if consumer in self._consumers:
-            index = self._consumers.index(consumer)
-            del self._consumers[index]
-            if index < self._next_consumer:
-                self._next_consumer -= 1
-        if self.auto_delete and self._had_consumers and not self._consumers and not self.deleted:
+        if subscription in self._subscriptions:
+            index = self._subscriptions.index(subscription)
+            del self._subscriptions[index]
+            if index < self._next_subscription:
+                self._next_subscription -= 1
+        if (
+            self.auto_delete
+            and self._had_consumers
+            and not self._subscriptions
+            and not self.deleted
+        ):
             self._broker._delete_queue(self)
 
     def exclusive_consumer(self) -> bool:
-        return any(consumer.exclusive for consumer in self._consumers)
+        return any(subscription.consumer.exclusive for subscription in self._subscriptions)
 
-    def delete(self) -> list[QueueConsumer]:
+    def delete(self) -> list[Subscription]:
         """Drop everything; returns the consumers to tell (RabbitMQ sends basic.cancel)."""
         self.deleted = True
         self._ready.clear()
-        consumers, self._consumers = self._consumers, []
+        subscriptions, self._subscriptions = self._subscriptions, []
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._timer_at = None
-        return consumers
+        return subscriptions
 
     # -- delivering -------------------------------------------------------------------
 
@@ -295,26 +282,26 @@ class MemoryQueue:
             if self._expire_head(limit=1):
                 budget -= 1
                 continue
-            consumer = self._pick_consumer()
-            if consumer is None:
+            subscription = self._pick_consumer()
+            if subscription is None:
                 break
             budget -= 1
-            consumer.channel._deliver(consumer, self._ready.popleft())
+            subscription.channel._deliver(subscription, self._ready.popleft())
         if self._ready and budget == 0 and self._pick_consumer(peek=True) is not None:
             self.schedule()
         self._arm_timer()
         self._broker._changed()
 
-    def _pick_consumer(self, *, peek: bool = False) -> QueueConsumer | None:
+    def _pick_consumer(self, *, peek: bool = False) -> Subscription | None:
         """The next consumer with room, round-robin from the one after the last served."""
-        consumers = self._consumers
+        consumers = self._subscriptions
         count = len(consumers)
         for offset in range(count):
-            index = (self._next_consumer + offset) % count
+            index = (self._next_subscription + offset) % count
             consumer = consumers[index]
             if consumer.has_capacity():
                 if not peek:
-                    self._next_consumer = (index + 1) % count
+                    self._next_subscription = (index + 1) % count
                 return consumer
         return None
 

@@ -16,7 +16,7 @@ from ..amqp import SettleKind
 if TYPE_CHECKING:
     from ._channel_core import ChannelCore
     from ._message import StoredMessage
-    from ._queue import MemoryQueue, QueueConsumer
+    from ._queue import MemoryQueue, Subscription
 
 
 class UnackedDeliveries:
@@ -28,7 +28,7 @@ class UnackedDeliveries:
         self.channel = channel
         #: How many of them went to consumers (for the channel's global prefetch).
         self.by_consumers = 0
-        self._held: dict[int, tuple[MemoryQueue, StoredMessage, QueueConsumer | None]] = {}
+        self._held: dict[int, tuple[MemoryQueue, StoredMessage, Subscription | None]] = {}
         self._tags = itertools.count(1)
 
     @property
@@ -41,23 +41,27 @@ class UnackedDeliveries:
         return next(self._tags)
 
     def hold(
-        self, tag: int, queue: MemoryQueue, message: StoredMessage, consumer: QueueConsumer | None
+        self,
+        tag: int,
+        queue: MemoryQueue,
+        message: StoredMessage,
+        subscription: Subscription | None,
     ) -> None:
-        """A delivery that needs an ack (``consumer`` is None for ``basic.get``)."""
-        self._held[tag] = (queue, message, consumer)
-        if consumer is not None:
+        """A delivery that needs an ack (``subscription`` is None for ``basic.get``)."""
+        self._held[tag] = (queue, message, subscription)
+        if subscription is not None:
             self.by_consumers += 1
-        queue.delivered(consumer)
+        queue.delivered(subscription)
 
     def settle(self, delivery_tag: int, kind: SettleKind, requeue: bool) -> None:
         entry = self._held.pop(delivery_tag, None)
         if entry is None:
             return
-        queue, message, consumer = entry
-        if consumer is not None:
+        queue, message, subscription = entry
+        if subscription is not None:
             self.by_consumers -= 1
             self.channel._consumer_settled()
-        queue.settled(consumer)
+        queue.settled(subscription)
         broker = self.channel._broker
         if kind != "ack":
             if requeue:
@@ -71,6 +75,6 @@ class UnackedDeliveries:
         held, self._held = self._held, {}
         self.by_consumers = 0
         for tag in sorted(held):
-            queue, message, consumer = held[tag]
-            queue.settled(consumer)
+            queue, message, subscription = held[tag]
+            queue.settled(subscription)
             queue.requeue(message)
