@@ -37,10 +37,13 @@ closed a ``"channel"`` or the ``"connection"``, and the method that failed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .amqp._message import ReturnedMessage
+    from .amqp import ReturnedMessage
+
+#: What the broker closed: a ``"channel"`` or the whole ``"connection"``.
+Scope = Literal["channel", "connection"]
 
 
 class LeveretError(Exception):
@@ -104,7 +107,7 @@ class BrokerError(AMQPError):
         reply_code: int,
         reply_text: str,
         *,
-        scope: str = "channel",
+        scope: Scope = "channel",
         method: str | None = None,
     ) -> None:
         self.reply_code = reply_code
@@ -122,7 +125,7 @@ class BrokerError(AMQPError):
 
 
 def _rebuild_broker_error(
-    cls: type[BrokerError], code: int, text: str, scope: str, method: str | None
+    cls: type[BrokerError], code: int, text: str, scope: Scope, method: str | None
 ) -> BrokerError:
     return cls(code, text, scope=scope, method=method)
 
@@ -227,7 +230,7 @@ REPLY_CODES: dict[int, type[BrokerError]] = {
 
 
 def broker_error(
-    reply_code: int, reply_text: str, *, scope: str, method: str | None = None
+    reply_code: int, reply_text: str, *, scope: Scope, method: str | None = None
 ) -> BrokerError:
     """Build the most specific :class:`BrokerError` for a reply code."""
     cls = REPLY_CODES.get(reply_code, BrokerError)

@@ -14,10 +14,10 @@ rules (:func:`resolve_confirm`, :func:`publish_not_confirmed`,
 field codec (:func:`encode_table`, :func:`decode_table`, :func:`encode_shortstr`).
 """
 
-from ._channel import Channel, ChannelState
+from ._channel import Channel
 from ._codec import decode_table, encode_shortstr, encode_table
 from ._confirms import ReturnCallback, dispatch_return, publish_not_confirmed, resolve_confirm
-from ._connection import Connection, ConnectionState, connect
+from ._connection import Connection, connect
 from ._consumer import (
     CancelCallback,
     Consumer,
@@ -33,6 +33,7 @@ from ._declare import Declarations
 from ._frames import Properties, PropertyValues
 from ._message import Delivery, QueueDeclareOk, QueueType, ReturnedMessage, SettleKind, Settler
 from ._robust import RobustChannel, RobustConnection, connect_robust
+from ._states import ChannelState, ConnectionState
 from ._tasks import TaskOwner
 from ._url import DEFAULT_URL, ConnectionParameters, parse_url, parse_urls
 

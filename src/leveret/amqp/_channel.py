@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -35,6 +34,7 @@ from ._content import ChannelFrames
 from ._declare import Declarations
 from ._frames import Properties, encode_properties, message_frames, publish_method_frame
 from ._message import Delivery, ReturnedMessage
+from ._states import ChannelState
 from ._tasks import TaskOwner
 
 if TYPE_CHECKING:
@@ -43,16 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret.amqp")
 
 _PUBLISH_CACHE_SIZE: Final = 1024
-
-
-class ChannelState(enum.Enum):
-    """Where a channel is in one incarnation: OPENING -> OPEN -> CLOSING -> CLOSED
-    (a robust channel goes from CLOSED to OPENING again when it reopens)."""
-
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 _OPENING: Final = ChannelState.OPENING

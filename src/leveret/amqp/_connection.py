@@ -9,7 +9,6 @@ heartbeats in the protocol; :mod:`._robust` adds reconnecting.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import secrets
 import ssl
@@ -33,6 +32,7 @@ from ._codec import Method, decode_method, encode_method_frame, method_name
 from ._content import ChannelFrames
 from ._handshake import handshake, open_socket
 from ._protocol import FrameHandler, FrameProtocol
+from ._states import ConnectionState
 from ._tasks import TaskOwner
 from ._url import DEFAULT_URL, ConnectionParameters, parse_urls
 
@@ -40,28 +40,6 @@ log = logging.getLogger("leveret.amqp")
 
 CloseCallback = Callable[["Connection", BaseException | None], Any]
 BlockedCallback = Callable[["Connection", str | None], Any]
-
-
-class ConnectionState(enum.Enum):
-    """Where a connection is in its life (:attr:`Connection.state`)::
-
-        CONNECTING --handshake done--> OPEN --close()--> CLOSING --socket gone--> CLOSED
-            |                           |
-            | (a failed first connect   | the socket died, the broker closed the
-            |  raises from connect())   | connection, or the heartbeat went silent
-            |                           v
-            +<--robust: reconnect---- LOST --plain connection: done for good
-                                        (is_closed; close() then makes it CLOSED)
-
-    A robust connection goes LOST -> CONNECTING -> OPEN (or LOST again, to retry)
-    until it is back. :meth:`Connection.close` moves any state to CLOSING.
-    """
-
-    CONNECTING = "connecting"
-    OPEN = "open"
-    LOST = "lost"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 _CONNECTING: Final = ConnectionState.CONNECTING

@@ -30,9 +30,10 @@ from ..exceptions import (
     ConnectionClosedError,
     ConnectionLostError,
 )
-from ._channel import Channel, ChannelState
-from ._connection import Connection, ConnectionState
+from ._channel import Channel
+from ._connection import Connection
 from ._consumer import notify_cancel
+from ._states import ChannelState, ConnectionState
 from ._topology import Topology
 from ._url import DEFAULT_URL, ConnectionParameters, parse_urls
 

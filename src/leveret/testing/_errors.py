@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..exceptions import Scope
+
 VHOST = "/"
 
 #: Reply codes that close the whole connection, not just the channel (AMQP 0-9-1).
@@ -26,7 +28,7 @@ class Refusal(Exception):
         self.text = text
 
     @property
-    def scope(self) -> str:
+    def scope(self) -> Scope:
         return "connection" if self.code in CONNECTION_CODES else "channel"
 
 

@@ -18,7 +18,7 @@ from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ..amqp import Consumer
+from ..amqp import Consumer, QueueType
 from ._message import QueuedMessage, StoredMessage, decode
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class MemoryQueue:
         self.auto_delete = auto_delete
         self._owner = exclusive_owner
         self._arguments = arguments
-        self.queue_type: str = arguments.get("x-queue-type", "classic")
+        self.queue_type: QueueType = arguments.get("x-queue-type", "classic")
         self._ttl = _non_negative_int(arguments.get("x-message-ttl"))
         self._max_length = _non_negative_int(arguments.get("x-max-length"))
         self._overflow = arguments.get("x-overflow", "drop-head")
