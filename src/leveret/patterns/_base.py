@@ -6,14 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime
 import functools
 import inspect
+import json
+import pickle
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..amqp import Delivery, Properties, QueueDeclareOk, ReturnedMessage
 from ..exceptions import ConfigurationError, SerializationError
-from ..serializers import JSON, PICKLE, JSONSerializer, Serializer, get_serializer, media_type
+from ..serializers import (
+    COMPRESSED_JSON,
+    JSON,
+    PICKLE,
+    CompressedJSONSerializer,
+    JSONSerializer,
+    ModuleSerializer,
+    PickleSerializer,
+    Serializer,
+    get_serializer,
+    media_type,
+)
+
+T = TypeVar("T")
+#: What a task or RPC function is (aio-pika's name for it).
+CallbackType = Callable[..., Awaitable[T]]
 
 
 class PatternChannel(Protocol):
@@ -50,6 +68,7 @@ class PatternChannel(Protocol):
         mandatory: bool = False,
         properties: Properties | None = None,
         content_type: str | None = None,
+        content_encoding: str | None = None,
         headers: Mapping[str, Any] | None = None,
         delivery_mode: int | None = None,
         priority: int | None = None,
@@ -57,8 +76,36 @@ class PatternChannel(Protocol):
         reply_to: str | None = None,
         expiration: str | int | None = None,
         message_id: str | None = None,
+        timestamp: int | float | None = None,
         type: str | None = None,
+        user_id: str | None = None,
+        app_id: str | None = None,
         confirm: bool = True,
+    ) -> None: ...
+
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int: ...
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+    async def exchange_declare(
+        self,
+        exchange: str,
+        type: str = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None: ...
 
     async def consume(
@@ -119,16 +166,24 @@ class Proxy:
 class Base:
     """Serialization shared by :class:`Master` and :class:`RPC`.
 
-    Change the format by passing ``serializer=`` (``"json"``, ``"msgpack"``,
-    ``"pickle"`` or a :class:`~leveret.serializers.Serializer`), or by
-    subclassing and overriding ``CONTENT_TYPE``, :meth:`serialize` and
-    :meth:`deserialize`. Incoming messages are decoded only if their content type
-    is ``CONTENT_TYPE`` or listed in ``accept=``; a message without a content type
-    counts as ``CONTENT_TYPE``, except that pickle is only ever decoded from a
-    message that says it is pickle.
+    Change the format by passing ``serializer=`` (``"json"``, ``"compressed-json"``,
+    ``"msgpack"``, ``"pickle"`` or a :class:`~leveret.serializers.Serializer`), or by
+    subclassing as with aio-pika: set ``CONTENT_TYPE`` and either ``SERIALIZER`` (a
+    module with ``dumps``/``loads``, such as ``msgpack``) or override
+    :meth:`serialize` and :meth:`deserialize`. Incoming messages are decoded only if
+    their content type is ``CONTENT_TYPE`` or listed in ``accept=``; a message without
+    a content type counts as ``CONTENT_TYPE``, except that pickle is only ever decoded
+    from a message that says it is pickle.
+
+    Unlike aio-pika's ``Base`` (pickle), the default is JSON: pickle runs code while
+    it loads, so it must be chosen.
     """
 
     CONTENT_TYPE: str = JSON
+    #: aio-pika's hook: a module with ``dumps``/``loads`` used by the default
+    #: :meth:`serialize`/:meth:`deserialize`. ``None``: the serializer built in for
+    #: ``CONTENT_TYPE``.
+    SERIALIZER: Any = None
 
     def __init__(
         self,
@@ -141,13 +196,7 @@ class Base:
             own = get_serializer(serializer)
             self.CONTENT_TYPE = own.content_type
         elif type(self).serialize is Base.serialize or type(self).deserialize is Base.deserialize:
-            try:
-                own = get_serializer(self.CONTENT_TYPE)
-            except ConfigurationError:
-                raise ConfigurationError(
-                    f"{type(self).__name__}.CONTENT_TYPE is {self.CONTENT_TYPE!r}, which has no "
-                    "built-in serializer: override serialize() and deserialize()"
-                ) from None
+            own = self._class_serializer()
         else:
             own = None
         self._serializer: Serializer = own or JSONSerializer()
@@ -156,6 +205,28 @@ class Base:
             for content_type in accept
             if content_type != self.CONTENT_TYPE
         }
+
+    def _class_serializer(self) -> Serializer:
+        """The serializer the class asks for with ``SERIALIZER`` and ``CONTENT_TYPE``.
+
+        Raises:
+            ConfigurationError: neither names one leveret has, and the class does
+                not override :meth:`serialize` and :meth:`deserialize`.
+        """
+        module = self.SERIALIZER
+        if module is json and media_type(self.CONTENT_TYPE) == JSON:
+            return JSONSerializer()
+        if module is pickle and self.CONTENT_TYPE == PICKLE:
+            return PickleSerializer()
+        if module is not None:
+            return ModuleSerializer(module, self.CONTENT_TYPE)
+        try:
+            return get_serializer(self.CONTENT_TYPE)
+        except ConfigurationError:
+            raise ConfigurationError(
+                f"{type(self).__name__}.CONTENT_TYPE is {self.CONTENT_TYPE!r}, which has no "
+                "built-in serializer: set SERIALIZER, or override serialize() and deserialize()"
+            ) from None
 
     def serialize(self, data: Any) -> bytes:
         """Encode a payload (kwargs, a result, an error) as ``CONTENT_TYPE``."""
@@ -200,6 +271,40 @@ class Base:
         raise SerializationError(
             f"content type {content_type!r} is not accepted (accepts {accepted})"
         )
+
+
+class CompressedJson(Base):
+    """gzip-compressed JSON, as aio-pika's ``CompressedJsonMaster`` sends it: mixed into
+    :class:`CompressedJsonMaster` and :class:`CompressedJsonRPC`. ``COMPRESS_LEVEL``
+    (0-9) trades CPU for size, as in aio-pika."""
+
+    CONTENT_TYPE = COMPRESSED_JSON
+    SERIALIZER = json
+    COMPRESS_LEVEL = 6
+
+    def _class_serializer(self) -> Serializer:
+        return CompressedJSONSerializer(level=self.COMPRESS_LEVEL)
+
+
+#: A duration as aio-pika takes it: seconds, a timedelta, or a datetime (until then).
+Duration = float | datetime.timedelta | datetime.datetime
+
+
+def milliseconds(value: Duration, *, minimum: int = 0) -> int:
+    """``value`` in whole milliseconds, at least ``minimum`` (a time already past is 0).
+
+    Raises:
+        ConfigurationError: not a number, timedelta or datetime.
+    """
+    if isinstance(value, datetime.datetime):
+        seconds = (value - datetime.datetime.now(value.tzinfo)).total_seconds()
+    elif isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value
+    else:
+        raise ConfigurationError(f"expiration {value!r} is not seconds, a timedelta or a datetime")
+    return max(minimum, round(seconds * 1000))
 
 
 def _listed(names: Collection[Any], limit: int = 10) -> str:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import enum
+import inspect
 import itertools
+import json
 import logging
 import secrets
 import time
@@ -32,9 +35,18 @@ from ..exceptions import (
     SerializationError,
     UnroutableError,
 )
-from ..serializers import Serializer
+from ..serializers import JSON, JSONSerializer, Serializer
 from . import _observe
-from ._base import Base, KeywordCall, PatternChannel, Proxy, is_quorum
+from ._base import (
+    Base,
+    CompressedJson,
+    Duration,
+    KeywordCall,
+    PatternChannel,
+    Proxy,
+    is_quorum,
+    milliseconds,
+)
 from ._master import DEFAULT_PREFETCH
 from ._retry import DELIVERY_COUNT_HEADER, REDELIVERIES_HEADER, int_header
 from ._runner import Runner
@@ -45,6 +57,19 @@ log = logging.getLogger("leveret.patterns")
 REPLY_TO = "amq.rabbitmq.reply-to"
 #: Header carrying a call's deadline (seconds since the epoch) to the callee.
 DEADLINE_HEADER = "x-leveret-deadline"
+#: The dead-letter exchange aio-pika gives callee queues: its callers get their
+#: expired calls back through it. Declared the same way here, so leveret and
+#: aio-pika callees can share a method's queue.
+DLX_NAME = "rpc.dlx"
+
+
+class RPCMessageType(enum.StrEnum):
+    """The ``type`` property of RPC messages (aio-pika's names and values)."""
+
+    ERROR = "error"
+    RESULT = "result"
+    CALL = "call"
+
 
 _BUILTIN_EXCEPTIONS: dict[str, type[Exception]] = {
     name: value
@@ -52,7 +77,6 @@ _BUILTIN_EXCEPTIONS: dict[str, type[Exception]] = {
     if isinstance(value, type) and issubclass(value, Exception)
 }
 _REMOTE_CLASSES: dict[type[Exception], type[RemoteError]] = {}
-_CHANNELS_WITH_RPC: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _remote_class(cls: type[Exception]) -> type[RemoteError]:
@@ -77,6 +101,52 @@ class _Callee(NamedTuple):
     runner: Runner
 
 
+class _ReplyRouter:
+    """The one direct reply-to consumer of a channel, shared by every RPC on it.
+
+    RabbitMQ allows one ``amq.rabbitmq.reply-to`` consumer per channel, so the
+    RPCs of a channel take turns on it: each reply goes to the RPC whose
+    correlation id prefix it carries. The consumer starts with the first RPC and
+    stops when the last one closes.
+    """
+
+    def __init__(self) -> None:
+        self.rpcs: dict[str, RPC] = {}
+        self.tag: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def join(self, channel: PatternChannel, rpc: RPC) -> None:
+        self.rpcs[rpc._id_prefix] = rpc
+        try:
+            async with self._lock:
+                if self.tag is None:
+                    self.tag = await channel.consume(REPLY_TO, self._on_reply, no_ack=True)
+        except BaseException:
+            self.rpcs.pop(rpc._id_prefix, None)
+            raise
+
+    async def leave(self, channel: PatternChannel, rpc: RPC) -> None:
+        self.rpcs.pop(rpc._id_prefix, None)
+        async with self._lock:
+            if self.rpcs or self.tag is None:
+                return
+            tag, self.tag = self.tag, None
+            with contextlib.suppress(AMQPError):
+                await channel.cancel(tag)
+
+    def _on_reply(self, delivery: Delivery) -> None:
+        correlation_id = delivery.properties.correlation_id
+        rpc = self.rpcs.get(correlation_id.partition(".")[0]) if correlation_id else None
+        if rpc is None:
+            log.debug("reply %r matches no RPC on this channel (closed since?)", correlation_id)
+            return
+        rpc._on_reply(delivery)
+
+
+#: The reply router of each channel that has an RPC.
+_ROUTERS: weakref.WeakKeyDictionary[PatternChannel, _ReplyRouter] = weakref.WeakKeyDictionary()
+
+
 class RPC(Base):
     """Remote procedure calls over one channel.
 
@@ -92,14 +162,18 @@ class RPC(Base):
     callee are re-raised at the caller as :class:`~leveret.exceptions.RemoteError`
     subclasses that are also the original type when that type is a builtin
     exception or was registered (``exceptions=`` or :meth:`register_exception`).
-    One RPC per channel: direct reply-to allows one reply consumer per channel.
+    Any number of RPCs may share a channel; replies reach the right one by
+    correlation id. ``host_exceptions=True`` (aio-pika's) logs every exception a
+    callee raises with its traceback.
     """
 
     DELIVERY_MODE = 1
+    DLX_NAME = DLX_NAME
 
     def __init__(
         self,
         channel: PatternChannel,
+        host_exceptions: bool = False,
         *,
         timeout: float | None = None,
         serializer: str | Serializer | None = None,
@@ -110,10 +184,13 @@ class RPC(Base):
     ) -> None:
         super().__init__(serializer=serializer, accept=accept)
         self.channel = channel
+        self.host_exceptions = host_exceptions
         self.timeout = timeout
         self.prefetch_count = prefetch_count
         self.max_redeliveries = max_redeliveries
         self.proxy = Proxy(self.call)
+        #: The exchange calls go through ("": the default exchange); see :meth:`initialize`.
+        self.exchange = ""
         self._pending: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self._callees: dict[str, _Callee] = {}
         self._exceptions: dict[str, type[Exception]] = {}
@@ -121,37 +198,92 @@ class RPC(Base):
             self.register_exception(cls)
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(6)
-        self._reply_tag: str | None = None
+        self._listening = False
         self._closed = False
 
     @classmethod
-    async def create(cls, channel: PatternChannel, **kwargs: Any) -> Self:
-        """Create an RPC on ``channel`` and start listening for replies."""
-        rpc = cls(channel, **kwargs)
-        await rpc.initialize()
-        return rpc
+    async def create(
+        cls,
+        channel: PatternChannel,
+        *,
+        host_exceptions: bool | None = None,
+        auto_delete: bool = True,
+        durable: bool = False,
+        exchange: str = "",
+        exclusive: bool = False,
+        passive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        robust: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Create an RPC on ``channel`` and start listening for replies.
 
-    async def initialize(self) -> None:
-        """Start the direct reply-to consumer (idempotent).
+        ``kwargs`` go to the constructor (``timeout``, ``serializer``, ``accept``,
+        ``prefetch_count``, ``exceptions``, ``max_redeliveries``); the rest are
+        aio-pika's :meth:`initialize` arguments.
 
         Raises:
-            ConfigurationError: another RPC already uses this channel.
+            TypeError: an argument neither takes.
         """
-        if self._reply_tag is not None:
-            return
-        if self.channel in _CHANNELS_WITH_RPC:
-            raise ConfigurationError(
-                "this channel already has an RPC: direct reply-to allows one reply "
-                "consumer per channel, so open another channel for a second RPC"
-            )
-        _CHANNELS_WITH_RPC.add(self.channel)
         try:
-            self._reply_tag = await self.channel.consume(REPLY_TO, self._on_reply, no_ack=True)
-        except BaseException:
-            _CHANNELS_WITH_RPC.discard(self.channel)
-            raise
+            inspect.signature(cls).bind(channel, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}.create() {exc}") from None
+        rpc = cls(channel, **kwargs)
+        if host_exceptions is not None:
+            rpc.host_exceptions = host_exceptions
+        await rpc.initialize(
+            auto_delete,
+            durable,
+            exchange,
+            exclusive=exclusive,
+            passive=passive,
+            arguments=arguments,
+            robust=robust,
+        )
+        return rpc
+
+    async def initialize(
+        self,
+        auto_delete: bool = True,
+        durable: bool = False,
+        exchange: str = "",
+        *,
+        exclusive: bool = False,
+        passive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        robust: bool = True,
+    ) -> None:
+        """Declare the RPC's exchange, if any, and start listening for replies (idempotent).
+
+        ``exchange`` routes calls through that direct exchange (declared
+        ``auto_delete``, and ``durable`` as asked) instead of the default one, as
+        aio-pika does: the queue of method ``m`` is then named and bound as
+        ``"<exchange>::m"``, so calls on one exchange never reach a callee on
+        another. aio-pika's other arguments describe its reply queue; leveret
+        replies over direct reply-to and declares none, so ``auto_delete``,
+        ``exclusive``, ``passive``, ``arguments`` and ``robust`` are accepted and
+        have no effect.
+        """
+        del auto_delete, exclusive, passive, arguments, robust  # see the docstring
+        if self._listening:
+            return
+        if exchange:
+            await self.channel.exchange_declare(
+                exchange, "direct", durable=durable, auto_delete=True
+            )
+        self.exchange = exchange
+        router = _ROUTERS.get(self.channel)
+        if router is None:
+            router = _ROUTERS[self.channel] = _ReplyRouter()
+        await router.join(self.channel, self)
+        self._listening = True
         self.channel.close_callbacks.append(self._on_channel_closed)
         self.channel.return_callbacks.append(self._on_return)
+
+    def routing_key(self, method_name: str) -> str:
+        """The routing key, and callee queue name, of ``method_name`` (aio-pika's format)."""
+        return f"{self.exchange}::{method_name}" if self.exchange else method_name
 
     def register_exception(self, cls: type[Exception]) -> None:
         """Let remote exceptions named ``cls.__name__`` be re-raised as ``cls``."""
@@ -167,14 +299,20 @@ class RPC(Base):
         kwargs: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
-        expiration: float | None = None,
+        expiration: Duration | None = None,
         priority: int | None = None,
+        delivery_mode: int | None = None,
     ) -> Any:
         """Call ``method_name`` with ``kwargs`` and return its result.
 
         ``timeout`` (seconds, default: the RPC's) bounds the whole call;
-        ``expiration`` (seconds, default: the timeout) is how long the call may
-        wait in the queue before the broker drops it.
+        ``expiration`` (seconds or a timedelta; default: the timeout) is how long
+        the call may wait in the queue before the broker drops it. A call with an
+        expiration and no timeout waits at most that long for its reply: over
+        direct reply-to the caller cannot see a call expire in its queue, and
+        without the bound it would wait forever. ``priority`` and
+        ``delivery_mode`` (1 transient, the default; 2 persistent) are the call
+        message's.
 
         Raises:
             TimeoutError: no reply within ``timeout``.
@@ -184,10 +322,14 @@ class RPC(Base):
             SerializationError: the arguments or the reply cannot be encoded/decoded.
         """
         if not _observe.observers:
-            return await self._call(method_name, kwargs, timeout, expiration, priority)
+            return await self._call(
+                method_name, kwargs, timeout, expiration, priority, delivery_mode
+            )
         started = time.perf_counter()
         try:
-            result = await self._call(method_name, kwargs, timeout, expiration, priority)
+            result = await self._call(
+                method_name, kwargs, timeout, expiration, priority, delivery_mode
+            )
         except BaseException as exc:
             _observe.called(method_name, time.perf_counter() - started, exc)
             raise
@@ -199,15 +341,19 @@ class RPC(Base):
         method_name: str,
         kwargs: Mapping[str, Any] | None,
         timeout: float | None,
-        expiration: float | None,
+        expiration: Duration | None,
         priority: int | None,
+        delivery_mode: int | None,
     ) -> Any:
-        if self._reply_tag is None:
+        if not self._listening:
             raise ConfigurationError("the RPC is not listening: create it with RPC.create()")
         if timeout is None:
             timeout = self.timeout
-        if expiration is None:
-            expiration = timeout
+        expiration_ms = None if timeout is None else max(1, round(timeout * 1000))
+        if expiration is not None:
+            expiration_ms = milliseconds(expiration, minimum=1)
+            if timeout is None:
+                timeout = expiration_ms / 1000
         body = self._encode(kwargs if type(kwargs) is dict else dict(kwargs or {}))
         correlation_id = f"{self._id_prefix}.{next(self._ids)}"
         headers = None if timeout is None else {DEADLINE_HEADER: time.time() + timeout}
@@ -217,14 +363,15 @@ class RPC(Base):
         self._pending[correlation_id] = (future, method_name)
         send = self.channel.publish(
             body,
-            routing_key=method_name,
+            exchange=self.exchange,
+            routing_key=self.routing_key(method_name) if self.exchange else method_name,
             mandatory=True,
             content_type=self.CONTENT_TYPE,
-            delivery_mode=self.DELIVERY_MODE,
+            delivery_mode=delivery_mode or self.DELIVERY_MODE,
             priority=priority,
             correlation_id=correlation_id,
             reply_to=REPLY_TO,
-            expiration=None if expiration is None else max(1, round(expiration * 1000)),
+            expiration=expiration_ms,
             type="call",
             headers=headers,
             # The reply is the confirmation that matters; an unroutable call
@@ -242,7 +389,7 @@ class RPC(Base):
                 return await future
         except TimeoutError:
             if deadline is not None and deadline.expired():
-                raise TimeoutError(f"no reply to {method_name!r} within {timeout} s") from None
+                raise TimeoutError(f"no reply to {method_name!r} within {timeout:g} s") from None
             raise
         finally:
             self._pending.pop(correlation_id, None)
@@ -277,11 +424,14 @@ class RPC(Base):
         if not future.done():
             future.set_exception(
                 UnroutableError(
-                    f"nobody serves {name!r}: no callee registered it (the broker returned "
-                    f"the call: {message.reply_code} {message.reply_text})",
+                    f"nobody serves {name!r}{self._on_exchange()}: no callee registered it "
+                    f"(the broker returned the call: {message.reply_code} {message.reply_text})",
                     message,
                 )
             )
+
+    def _on_exchange(self) -> str:
+        return f" on exchange {self.exchange!r}" if self.exchange else ""
 
     def _rebuild_error(self, name: str, payload: Any) -> RemoteError:
         info = payload.get("error") if isinstance(payload, dict) else None
@@ -339,8 +489,11 @@ class RPC(Base):
         prefetch_count: int | None = None,
         durable: bool = False,
         exclusive: bool = False,
+        passive: bool = False,
         auto_delete: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        robust: bool = True,
         queue_type: str = "classic",
     ) -> None:
         """Serve ``method_name`` with ``func`` from the queue of that name.
@@ -350,39 +503,55 @@ class RPC(Base):
         calls run at once; a call is acked once its reply is published. A call
         redelivered more than ``max_redeliveries`` times (it may crash its callee)
         is answered with an error instead of being run again.
-        ``queue_type="quorum"`` declares a replicated quorum queue (durable).
+
+        The queue is declared as aio-pika's ``register`` declares it: named
+        :meth:`routing_key` (``"<exchange>::<method>"`` on an RPC with an
+        exchange, and bound to it), with ``x-dead-letter-exchange`` set to
+        ``rpc.dlx`` unless ``arguments`` say otherwise, and ``durable``,
+        ``exclusive``, ``passive``, ``auto_delete``, ``arguments`` and ``timeout``
+        (seconds for the declaration) as given. ``robust`` is accepted for
+        aio-pika's sake: on a robust connection a callee always comes back after a
+        reconnect. ``queue_type="quorum"`` declares a replicated quorum queue
+        (durable).
 
         Raises:
             ConfigurationError: ``method_name`` is already registered here, or the
                 queue options contradict each other.
+            BrokerError: the broker refused the declaration.
+            TimeoutError: the declaration took longer than ``timeout``.
         """
+        del robust  # see the docstring
         if method_name in self._callees:
             raise ConfigurationError(f"{method_name!r} is already registered on this RPC")
         call = KeywordCall(method_name, func)
-        queue_arguments = dict(arguments or {})
+        queue = self.routing_key(method_name)
+        queue_arguments = {"x-dead-letter-exchange": self.DLX_NAME, **(arguments or {})}
         # RPC queues are transient by default; a quorum queue never is.
         durable = durable or queue_type == "quorum"
         quorum = is_quorum(
-            method_name, queue_type, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+            queue, queue_type, durable=durable, exclusive=exclusive, auto_delete=auto_delete
         )
         if quorum:
             queue_arguments = {"x-queue-type": "quorum", **queue_arguments}
-        await self.channel.queue_declare(
-            method_name,
-            durable=durable,
-            exclusive=exclusive,
-            auto_delete=auto_delete,
-            arguments=queue_arguments,
-        )
         limit = prefetch_count or self.prefetch_count
-
         broker_counts = quorum  # only a quorum queue's x-delivery-count counts
 
         async def handle(delivery: Delivery) -> None:
             await self._handle_call(call, delivery, broker_counts)
 
         runner = Runner(handle, limit, f"callee {method_name!r}")
-        tag = await self.channel.consume(method_name, runner.push, prefetch_count=limit)
+        async with asyncio.timeout(timeout):
+            await self.channel.queue_declare(
+                queue,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=None if passive else queue_arguments,
+            )
+            if self.exchange:
+                await self.channel.queue_bind(queue, self.exchange, queue)
+            tag = await self.channel.consume(queue, runner.push, prefetch_count=limit)
         self._callees[method_name] = _Callee(call, tag, runner)
 
     async def unregister(
@@ -419,7 +588,15 @@ class RPC(Base):
         finally:
             _observe.finish("call", call.name, tokens, *outcome)
 
-    def _log(self, level: int, name: str, delivery: Delivery, message: str, *args: Any) -> None:
+    def _log(
+        self,
+        level: int,
+        name: str,
+        delivery: Delivery,
+        message: str,
+        *args: Any,
+        exc_info: BaseException | None = None,
+    ) -> None:
         """Log about one call: the line names it, and ``extra`` carries the fields."""
         props = delivery.properties
         log.log(
@@ -429,6 +606,7 @@ class RPC(Base):
             props.correlation_id,
             props.message_id,
             *args,
+            exc_info=exc_info,
             extra={
                 "task": name,
                 "message_id": props.message_id,
@@ -506,7 +684,10 @@ class RPC(Base):
             settle(delivery, "nack", requeue=True, what=f"call {name!r}")
             raise
         except Exception as exc:
-            self._log(logging.INFO, name, delivery, "raised %s: %s", type(exc).__name__, exc)
+            if self.host_exceptions:
+                self._log(logging.ERROR, name, delivery, "raised", exc_info=exc)
+            else:
+                self._log(logging.INFO, name, delivery, "raised %s: %s", type(exc).__name__, exc)
             kind = "error"
             error = exc
             body = self._encode_error(exc)
@@ -575,12 +756,27 @@ class RPC(Base):
         self._fail_pending("the RPC was closed")
         for name in list(self._callees):
             await self.unregister(name, timeout=timeout)
-        if self._reply_tag is not None:
-            tag, self._reply_tag = self._reply_tag, None
-            with contextlib.suppress(AMQPError):
-                await self.channel.cancel(tag)
-        _CHANNELS_WITH_RPC.discard(self.channel)
+        if self._listening:
+            self._listening = False
+            router = _ROUTERS.get(self.channel)
+            if router is not None:
+                await router.leave(self.channel, self)
         with contextlib.suppress(ValueError):
             self.channel.close_callbacks.remove(self._on_channel_closed)
         with contextlib.suppress(ValueError):
             self.channel.return_callbacks.remove(self._on_return)
+
+
+class JsonRPC(RPC):
+    """:class:`RPC` with JSON, as aio-pika's ``JsonRPC``: a result JSON cannot encode is
+    sent as its ``repr()`` instead of failing the call."""
+
+    CONTENT_TYPE = JSON
+    SERIALIZER = json
+
+    def _class_serializer(self) -> Serializer:
+        return JSONSerializer(default=repr)
+
+
+class CompressedJsonRPC(CompressedJson, RPC):
+    """:class:`RPC` with gzip-compressed JSON (``application/json;compression=gzip``)."""

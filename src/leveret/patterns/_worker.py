@@ -8,8 +8,10 @@ Outcomes of a delivery:
 - it raises for the last time, raises ``RejectMessage``/``NackMessage`` without
   requeue, or the task cannot be decoded or does not fit the function: publish
   to ``<task>.dlq`` with headers saying why (confirmed), then ack;
-- ``requeue=True``: the broker requeues it; the broker redelivers it and the
-  redelivery is counted (see :mod:`._retry`).
+- ``requeue=True`` (``NackMessage``/``RejectMessage``, or a master made with
+  ``requeue=True`` when the function raises): the broker requeues it and
+  redelivers it; the redelivery is counted (see :mod:`._retry`), so it cannot
+  come back forever.
 
 Without a dead-letter queue (``dead_letter=False``) such tasks are rejected
 without requeue (dropped, or routed by the queue's own dead-letter exchange).
@@ -32,6 +34,7 @@ from ._retry import (
     ATTEMPT_HEADER,
     ATTEMPTS_HEADER,
     DEAD_LETTERED_AT_HEADER,
+    DELIVERY_COUNT_HEADER,
     EXCEPTION_MESSAGE_HEADER,
     EXCEPTION_TYPE_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
@@ -87,6 +90,9 @@ class Worker:
         retry_arguments: dict[str, Any],
         limit: int,
         queue_type: str = "classic",
+        requeue: bool = False,
+        reject_on_redelivered: bool = False,
+        throwaway: bool = False,
     ) -> None:
         self.master = master
         self.channel: PatternChannel = master.channel
@@ -95,8 +101,14 @@ class Worker:
         self.retries = retries
         self.dead_letter = dead_letter
         self.time_limit = time_limit
+        self.requeue = requeue
+        self.reject_on_redelivered = reject_on_redelivered
         self._call = call
         self._retry_arguments = retry_arguments
+        self._queue_type = queue_type
+        # An auto-delete or exclusive worker's dead-letter and retry queues go with it.
+        self._throwaway = throwaway
+        self._own_queues: set[str] = set()
         # A quorum queue counts deliveries (x-delivery-count) and enforces its limit;
         # on a classic queue that header proves nothing (anyone can send it).
         self._broker_counts = queue_type == "quorum"
@@ -126,6 +138,25 @@ class Worker:
         with contextlib.suppress(AMQPError):
             await self.channel.cancel(self.consumer_tag)
         await self._runner.close(timeout)
+        if self._throwaway:
+            await self._delete_own_queues()
+
+    async def _delete_own_queues(self) -> None:
+        for queue in sorted(self._own_queues):
+            try:
+                dropped = await self.channel.queue_delete(queue)
+            except AMQPError as exc:
+                log.warning("worker %r could not delete %s: %s", self.queue, queue, exc)
+                continue
+            if dropped:
+                log.warning(
+                    "worker %r deleted %s with %d message(s) in it: it was auto_delete or "
+                    "exclusive, so its queues go with it",
+                    self.queue,
+                    queue,
+                    dropped,
+                )
+        self._own_queues.clear()
 
     def __repr__(self) -> str:
         return f"<Worker queue={self.queue!r} tag={self.consumer_tag!r}>"
@@ -175,7 +206,9 @@ class Worker:
         name = self.queue
         headers = delivery.properties.headers
         attempt = int_header(headers, ATTEMPT_HEADER, 1)
-        redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
+        redeliveries = int_header(
+            headers, DELIVERY_COUNT_HEADER if self._broker_counts else REDELIVERIES_HEADER, 0
+        )
         if delivery.redelivered and not self._broker_counts:
             # A classic queue does not count deliveries: count this one ourselves.
             return await self._redelivered(delivery, attempt, redeliveries + 1), None
@@ -210,13 +243,15 @@ class Worker:
         except Exception as exc:
             if isinstance(exc, TimeoutError) and limit is not None and limit.expired():
                 exc = TimeoutError(f"task {name!r} ran longer than its {self.time_limit} s limit")
-            return await self._failed(delivery, exc, attempt), exc
+            return await self._failed(delivery, exc, attempt, redeliveries), exc
         finally:
             _current.reset(token)
         settle(delivery, "ack", what=f"task {name!r} finished, but")
         return _observe.SUCCEEDED, None
 
-    async def _failed(self, delivery: Delivery, error: BaseException, attempt: int) -> str:
+    async def _failed(
+        self, delivery: Delivery, error: BaseException, attempt: int, redeliveries: int
+    ) -> str:
         if self.retries.should_retry(attempt, error):
             delay = self.retries.delay(attempt + 1)
             self._log(
@@ -233,8 +268,23 @@ class Worker:
                 delivery, queue, {ATTEMPT_HEADER: attempt + 1}, expiration=max(1, int(delay * 1000))
             )
             return _observe.RETRIED
+        again = self.reject_on_redelivered and redeliveries > 0
+        if self.requeue and not again:
+            self._log(
+                logging.WARNING,
+                delivery,
+                attempt,
+                "failed with %s: %s; requeued (requeue=True)",
+                type(error).__name__,
+                error,
+            )
+            settle(delivery, "nack", requeue=True, what=f"task {self.queue!r}")
+            return _observe.REQUEUED
         self._log(logging.ERROR, delivery, attempt, "failed", exc_info=error)
-        reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
+        if again:
+            reason = f"failed again after {redeliveries} redelivery(s) (reject_on_redelivered)"
+        else:
+            reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
         await self._dead_letter(delivery, reason, attempt, error)
         return _observe.FAILED
 
@@ -303,7 +353,13 @@ class Worker:
         )
 
     async def _declare(self, queue: str) -> None:
+        """Declare this worker's dead-letter queue or one of its retry queues."""
         if queue == dead_letter_queue(self.queue):
-            await self.master._declare_dead_letter_queue(self.queue)
+            # The same type as the task queue: a quorum task queue dead-letters into it
+            # itself, and a re-declare of another type would fail with 406.
+            quorum = self._queue_type == "quorum"
+            arguments = {"x-queue-type": "quorum"} if quorum else None
+            await self.channel.queue_declare(queue, durable=True, arguments=arguments)
         else:
             await self.channel.queue_declare(queue, durable=True, arguments=self._retry_arguments)
+        self._own_queues.add(queue)
