@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from leveret.amqp import Channel, Connection
-from leveret.exceptions import NotFoundError, SerializationError, UnroutableError
+from leveret.exceptions import (
+    MessageReturnedError,
+    NotFoundError,
+    PublishError,
+    SerializationError,
+    UnroutableError,
+)
 from leveret.patterns import Master, NackMessage, RejectMessage, dead_letter_queue
 from tests.patterns.conftest import Cleanup, ConnectBroker, dead_letters
 from tests.support.waiting import wait_until
@@ -58,6 +64,16 @@ async def test_task_nobody_consumes_raises_unroutable_at_once(
         await asyncio.wait_for(Master(channel).proxy.__getattr__(unique)(x=1), 5)
     assert info.value.returned.routing_key == unique
     assert channel.is_open
+
+
+async def test_an_unroutable_task_is_a_publish_error_chained_to_the_broker_return(
+    channel: Channel, unique: str
+) -> None:
+    with pytest.raises(PublishError) as info:
+        await asyncio.wait_for(Master(channel).create_task(unique), 5)
+    assert isinstance(info.value, UnroutableError)
+    assert isinstance(info.value.__cause__, MessageReturnedError)
+    assert info.value.message.routing_key == unique
 
 
 async def test_tasks_are_persistent_json_with_a_message_id(

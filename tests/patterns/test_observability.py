@@ -1,10 +1,10 @@
 """Structured logs, Prometheus metrics and OpenTelemetry traces of tasks and calls."""
 
 import asyncio
-import logging
 import socket
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -14,7 +14,15 @@ from prometheus_client import CollectorRegistry
 
 from leveret.amqp import Channel, Connection
 from leveret.metrics import disable_metrics, enable_metrics
-from leveret.patterns import RPC, Master, RetryPolicy
+from leveret.patterns import (
+    RPC,
+    Kind,
+    Master,
+    Observer,
+    Outcome,
+    RetryPolicy,
+    default_observers,
+)
 from leveret.tracing import disable_tracing, enable_tracing
 from tests.patterns.conftest import Cleanup, dead_letters
 from tests.support.waiting import wait_until
@@ -153,9 +161,36 @@ async def test_a_task_span_is_the_child_of_the_span_that_sent_it(
     await rpc.close()
 
 
-def test_observers_cost_nothing_when_none_is_registered() -> None:
-    from leveret.patterns import _observe
+def test_no_observer_is_registered_unless_one_is_enabled() -> None:
+    assert not default_observers
+    assert list(default_observers) == []
 
-    assert _observe.observers == []
-    assert _observe.send_headers("task", "x", None) is None
-    logging.getLogger("leveret").debug("no observers")
+
+class Recorder(Observer):
+    """Notes each task it starts and each send it sees."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def on_send(self, kind: Kind, name: str, headers: dict[str, Any]) -> None:
+        self.events.append(("send", name))
+
+    def on_finish(
+        self, kind: Kind, name: str, token: Any, outcome: Outcome, error: BaseException | None
+    ) -> None:
+        self.events.append((outcome, name))
+
+
+async def test_observers_given_to_a_master_see_its_tasks_and_no_others(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    recorder = Recorder()
+    watched = Master(channel, observers=[recorder])
+    unwatched = Master(channel)
+    await watched.create_worker(cleanup.queue(unique + ".a"), lambda: None)
+    worker = await unwatched.create_worker(cleanup.queue(unique + ".b"), lambda: None)
+    await unwatched.create_task(unique + ".b")
+    await watched.create_task(unique + ".a")
+    await wait_until(lambda: ("succeeded", unique + ".a") in recorder.events, 5, "the task")
+    await wait_until(lambda: worker.in_flight == 0, 5, "the other task")
+    assert recorder.events == [("send", unique + ".a"), ("succeeded", unique + ".a")]

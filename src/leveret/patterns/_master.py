@@ -13,24 +13,17 @@ import itertools
 import json
 import logging
 import secrets
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from ..exceptions import MessageReturnedError, UnroutableError
 from ..serializers import JSON, Serializer
-from . import _observe
-from ._base import (
-    Base,
-    CompressedJson,
-    Duration,
-    KeywordCall,
-    PatternChannel,
-    Proxy,
-    is_quorum,
-    milliseconds,
-)
+from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
+from ._call import KeywordCall
+from ._observe import Observer, Observers
 from ._retry import RetryPolicy, dead_letter_queue
+from ._seam import PatternChannel, QueueType, is_quorum
 from ._worker import Worker
 
 log = logging.getLogger("leveret.patterns")
@@ -74,9 +67,12 @@ class Master(Base):
         serializer: str | Serializer | None = None,
         accept: Collection[str] = (),
         prefetch_count: int = DEFAULT_PREFETCH,
+        observers: Observers | Iterable[Observer] | None = None,
     ) -> None:
         super().__init__(serializer=serializer, accept=accept)
         self.channel = channel
+        #: Who sees this master's tasks (by default the process-wide observers).
+        self.observers = Observers.of(observers)
         self.proxy = Proxy(self.create_task)
         self.prefetch_count = prefetch_count
         self.requeue = requeue
@@ -84,7 +80,6 @@ class Master(Base):
         self.workers: list[Worker] = []
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(6)
-        channel.close_callbacks.append(self._on_channel_closed)
 
     async def create_task(
         self,
@@ -118,8 +113,8 @@ class Master(Base):
         """
         # ``type`` is a message property here, as in aio-pika's create_task: hence __class__.
         body = self._encode(kwargs if kwargs.__class__ is dict else dict(kwargs))
-        if _observe.observers:
-            headers = _observe.send_headers("task", channel_name, dict(headers or {}))
+        if self.observers:
+            headers = self.observers.send_headers("task", channel_name, dict(headers or {}))
         try:
             await self.channel.publish(
                 body,
@@ -146,7 +141,7 @@ class Master(Base):
                 f"no queue takes task {channel_name!r}: no worker ever declared it "
                 f"(the broker returned it: {exc.message.reply_code} {exc.message.reply_text})",
                 exc.message,
-            ) from None
+            ) from exc
 
     async def create_worker(
         self,
@@ -163,7 +158,7 @@ class Master(Base):
         robust: bool = True,
         retries: RetryPolicy | None = None,
         dead_letter: bool = True,
-        queue_type: str = "classic",
+        queue_type: QueueType = "classic",
         time_limit: float | None = None,
     ) -> Worker:
         """Declare the task's queue and consume it with ``func``.
@@ -209,24 +204,22 @@ class Master(Base):
                 **queue_arguments,
             }
         worker = Worker(
-            self,
+            self.channel,
             call,
+            self._decode,
             retries=policy,
             dead_letter=dead_letter,
             time_limit=time_limit,
-            retry_arguments={
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": queue_name,
-            },
             limit=prefetch_count or self.prefetch_count,
             queue_type=queue_type,
             requeue=self.requeue,
             reject_on_redelivered=self.reject_on_redelivered,
             throwaway=auto_delete or exclusive,
+            observers=self.observers,
         )
         async with asyncio.timeout(timeout):
             if dead_letter:
-                await worker._declare(dead_letter_queue(queue_name))
+                await worker.declare(dead_letter_queue(queue_name))
             await self.channel.queue_declare(
                 queue_name,
                 passive=passive,
@@ -235,14 +228,9 @@ class Master(Base):
                 auto_delete=auto_delete,
                 arguments=None if passive else queue_arguments,
             )
-            await worker._start()
+            await worker.start()
         self.workers.append(worker)
         return worker
-
-    def _on_channel_closed(self, channel: PatternChannel, reason: BaseException | None) -> None:
-        if channel.is_closed:  # a robust channel that will reopen is not closed
-            for worker in self.workers:
-                worker._runner.abandon()
 
     async def close(self, timeout: float | None = None) -> None:
         """Close every worker this master created (see :meth:`Worker.close`)."""

@@ -12,7 +12,6 @@ Errors travel as ``{"error": {"type", "message", "args", ...}}`` with
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import enum
 import inspect
@@ -21,42 +20,30 @@ import json
 import logging
 import secrets
 import time
-import traceback
 import weakref
-from collections.abc import Callable, Collection, Mapping
-from typing import Any, NamedTuple, Self
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Self
 
 from ..amqp import Delivery, ReturnedMessage
 from ..exceptions import (
     AMQPError,
     CallInterruptedError,
     ConfigurationError,
-    RemoteError,
     SerializationError,
     UnroutableError,
 )
 from ..serializers import JSON, JSONSerializer, Serializer
-from . import _observe
-from ._base import (
-    Base,
-    CompressedJson,
-    Duration,
-    KeywordCall,
-    PatternChannel,
-    Proxy,
-    is_quorum,
-    milliseconds,
-)
+from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
+from ._call import KeywordCall
+from ._callee import DEADLINE_HEADER, Callee
 from ._master import DEFAULT_PREFETCH
-from ._retry import DELIVERY_COUNT_HEADER, REDELIVERIES_HEADER, int_header
-from ._runner import Runner
-from ._settle import move, settle
+from ._observe import Observer, Observers
+from ._remote import error_payload, rebuild_error
+from ._seam import PatternChannel, QueueType, is_quorum
 
 log = logging.getLogger("leveret.patterns")
 
 REPLY_TO = "amq.rabbitmq.reply-to"
-#: Header carrying a call's deadline (seconds since the epoch) to the callee.
-DEADLINE_HEADER = "x-leveret-deadline"
 #: The dead-letter exchange aio-pika gives callee queues: its callers get their
 #: expired calls back through it. Declared the same way here, so leveret and
 #: aio-pika callees can share a method's queue.
@@ -69,36 +56,6 @@ class RPCMessageType(enum.StrEnum):
     ERROR = "error"
     RESULT = "result"
     CALL = "call"
-
-
-_BUILTIN_EXCEPTIONS: dict[str, type[Exception]] = {
-    name: value
-    for name, value in vars(builtins).items()
-    if isinstance(value, type) and issubclass(value, Exception)
-}
-_REMOTE_CLASSES: dict[type[Exception], type[RemoteError]] = {}
-
-
-def _remote_class(cls: type[Exception]) -> type[RemoteError]:
-    """``RemoteValueError``: a :class:`RemoteError` that is also a ``ValueError``."""
-    remote = _REMOTE_CLASSES.get(cls)
-    if remote is None:
-        try:
-            remote = type(f"Remote{cls.__name__}", (RemoteError, cls), {"__module__": __name__})
-        except TypeError:  # an exception type that cannot be mixed in
-            remote = RemoteError
-        _REMOTE_CLASSES[cls] = remote
-    return remote
-
-
-class CallRedeliveredError(RuntimeError):
-    """Sent to the caller of a call that was redelivered too often to run again."""
-
-
-class _Callee(NamedTuple):
-    call: KeywordCall
-    consumer_tag: str
-    runner: Runner
 
 
 class _ReplyRouter:
@@ -181,10 +138,13 @@ class RPC(Base):
         prefetch_count: int = DEFAULT_PREFETCH,
         exceptions: Collection[type[Exception]] = (),
         max_redeliveries: int = 5,
+        observers: Observers | Iterable[Observer] | None = None,
     ) -> None:
         super().__init__(serializer=serializer, accept=accept)
         self.channel = channel
         self.host_exceptions = host_exceptions
+        #: Who sees this RPC's calls (by default the process-wide observers).
+        self.observers = Observers.of(observers)
         self.timeout = timeout
         self.prefetch_count = prefetch_count
         self.max_redeliveries = max_redeliveries
@@ -192,7 +152,7 @@ class RPC(Base):
         #: The exchange calls go through ("": the default exchange); see :meth:`initialize`.
         self.exchange = ""
         self._pending: dict[str, tuple[asyncio.Future[Any], str]] = {}
-        self._callees: dict[str, _Callee] = {}
+        self._callees: dict[str, Callee] = {}
         self._exceptions: dict[str, type[Exception]] = {}
         for cls in exceptions:
             self.register_exception(cls)
@@ -219,8 +179,8 @@ class RPC(Base):
         """Create an RPC on ``channel`` and start listening for replies.
 
         ``kwargs`` go to the constructor (``timeout``, ``serializer``, ``accept``,
-        ``prefetch_count``, ``exceptions``, ``max_redeliveries``); the rest are
-        aio-pika's :meth:`initialize` arguments.
+        ``prefetch_count``, ``exceptions``, ``max_redeliveries``, ``observers``); the
+        rest are aio-pika's :meth:`initialize` arguments.
 
         Raises:
             TypeError: an argument neither takes.
@@ -321,7 +281,8 @@ class RPC(Base):
             CallInterruptedError: the channel or the RPC closed first.
             SerializationError: the arguments or the reply cannot be encoded/decoded.
         """
-        if not _observe.observers:
+        observers = self.observers
+        if not observers:
             return await self._call(
                 method_name, kwargs, timeout, expiration, priority, delivery_mode
             )
@@ -331,9 +292,9 @@ class RPC(Base):
                 method_name, kwargs, timeout, expiration, priority, delivery_mode
             )
         except BaseException as exc:
-            _observe.called(method_name, time.perf_counter() - started, exc)
+            observers.called(method_name, time.perf_counter() - started, exc)
             raise
-        _observe.called(method_name, time.perf_counter() - started, None)
+        observers.called(method_name, time.perf_counter() - started, None)
         return result
 
     async def _call(
@@ -357,8 +318,8 @@ class RPC(Base):
         body = self._encode(kwargs if type(kwargs) is dict else dict(kwargs or {}))
         correlation_id = f"{self._id_prefix}.{next(self._ids)}"
         headers = None if timeout is None else {DEADLINE_HEADER: time.time() + timeout}
-        if _observe.observers:
-            headers = _observe.send_headers("call", method_name, headers)
+        if self.observers:
+            headers = self.observers.send_headers("call", method_name, headers)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = (future, method_name)
         send = self.channel.publish(
@@ -410,7 +371,7 @@ class RPC(Base):
             future.set_exception(SerializationError(f"reply to {name!r}: {exc}"))
             return
         if kind == "error":
-            future.set_exception(self._rebuild_error(name, payload))
+            future.set_exception(rebuild_error(name, payload, self._exceptions))
         elif kind == "call":  # a peer dead-lettered our expired call back to us
             future.set_exception(TimeoutError(f"call to {name!r} expired in its queue"))
         else:
@@ -433,41 +394,8 @@ class RPC(Base):
     def _on_exchange(self) -> str:
         return f" on exchange {self.exchange!r}" if self.exchange else ""
 
-    def _rebuild_error(self, name: str, payload: Any) -> RemoteError:
-        info = payload.get("error") if isinstance(payload, dict) else None
-        if not isinstance(info, dict):
-            return RemoteError(
-                f"{name!r} failed, and its error reply is malformed: {payload!r:.200}"
-            )
-        type_name = str(info.get("type", "Exception"))
-        text = info.get("str", info.get("message", ""))
-        text = text if isinstance(text, str) else repr(text)
-        remote_traceback = info.get("traceback")
-        remote_args = tuple(info["args"]) if isinstance(info.get("args"), list) else ()
-        cls = self._exceptions.get(type_name) or _BUILTIN_EXCEPTIONS.get(type_name)
-        error: RemoteError
-        if cls is None:
-            error = RemoteError(f"{type_name}: {text}")
-        else:
-            remote = _remote_class(cls)
-            try:
-                error = remote.__new__(remote)  # never runs an __init__ chosen by the wire
-                error.args = remote_args or ((text,) if text else ())
-            except Exception:
-                error = RemoteError(f"{type_name}: {text}")
-        error.remote_type = type_name
-        error.remote_message = text
-        error.remote_args = remote_args
-        if isinstance(remote_traceback, str) and remote_traceback:
-            error.remote_traceback = remote_traceback
-            error.add_note(f"Raised by the RPC callee of {name!r}:\n{remote_traceback.rstrip()}")
-        return error
-
     def _on_channel_closed(self, channel: PatternChannel, reason: BaseException | None) -> None:
         self._fail_pending(f"the channel closed ({reason})")
-        if channel.is_closed:  # a robust channel that will reopen is not closed
-            for callee in self._callees.values():
-                callee.runner.abandon()
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
@@ -494,7 +422,7 @@ class RPC(Base):
         arguments: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         robust: bool = True,
-        queue_type: str = "classic",
+        queue_type: QueueType = "classic",
     ) -> None:
         """Serve ``method_name`` with ``func`` from the queue of that name.
 
@@ -533,13 +461,21 @@ class RPC(Base):
         )
         if quorum:
             queue_arguments = {"x-queue-type": "quorum", **queue_arguments}
-        limit = prefetch_count or self.prefetch_count
-        broker_counts = quorum  # only a quorum queue's x-delivery-count counts
-
-        async def handle(delivery: Delivery) -> None:
-            await self._handle_call(call, delivery, broker_counts)
-
-        runner = Runner(handle, limit, f"callee {method_name!r}")
+        callee = Callee(
+            self.channel,
+            queue,
+            call,
+            decode=self._decode,
+            encode=self._encode,
+            encode_error=self._encode_error,
+            content_type=self.CONTENT_TYPE,
+            delivery_mode=self.DELIVERY_MODE,
+            host_exceptions=lambda: self.host_exceptions,
+            limit=prefetch_count or self.prefetch_count,
+            broker_counts=quorum,  # only a quorum queue's x-delivery-count counts
+            max_redeliveries=self.max_redeliveries,
+            observers=self.observers,
+        )
         async with asyncio.timeout(timeout):
             await self.channel.queue_declare(
                 queue,
@@ -551,8 +487,8 @@ class RPC(Base):
             )
             if self.exchange:
                 await self.channel.queue_bind(queue, self.exchange, queue)
-            tag = await self.channel.consume(queue, runner.push, prefetch_count=limit)
-        self._callees[method_name] = _Callee(call, tag, runner)
+            await callee.start()
+        self._callees[method_name] = callee
 
     async def unregister(
         self, func_or_name: Callable[..., Any] | str, *, timeout: float | None = None
@@ -571,170 +507,12 @@ class RPC(Base):
         else:
             raise ConfigurationError(f"{func_or_name!r} is not registered on this RPC")
         del self._callees[name]
-        with contextlib.suppress(AMQPError):
-            await self.channel.cancel(callee.consumer_tag)
-        await callee.runner.close(timeout)
-
-    async def _handle_call(
-        self, call: KeywordCall, delivery: Delivery, broker_counts: bool
-    ) -> None:
-        if not _observe.observers:
-            await self._serve_call(call, delivery, broker_counts)
-            return
-        tokens = _observe.start("call", call.name, delivery)
-        outcome: tuple[str, BaseException | None] = (_observe.REQUEUED, None)
-        try:
-            outcome = await self._serve_call(call, delivery, broker_counts)
-        finally:
-            _observe.finish("call", call.name, tokens, *outcome)
-
-    def _log(
-        self,
-        level: int,
-        name: str,
-        delivery: Delivery,
-        message: str,
-        *args: Any,
-        exc_info: BaseException | None = None,
-    ) -> None:
-        """Log about one call: the line names it, and ``extra`` carries the fields."""
-        props = delivery.properties
-        log.log(
-            level,
-            f"call %r (correlation %s, message %s): {message}",
-            name,
-            props.correlation_id,
-            props.message_id,
-            *args,
-            exc_info=exc_info,
-            extra={
-                "task": name,
-                "message_id": props.message_id,
-                "attempt": 1,
-                "correlation_id": props.correlation_id,
-            },
-        )
-
-    async def _serve_call(
-        self, call: KeywordCall, delivery: Delivery, broker_counts: bool
-    ) -> tuple[str, BaseException | None]:
-        """Run one call, reply, settle; returns the outcome for observers."""
-        props = delivery.properties
-        name = call.name
-        deadline = props.headers.get(DEADLINE_HEADER) if props.headers else None
-        if (
-            isinstance(deadline, int | float)
-            and not isinstance(deadline, bool)  # True is an int to Python, not a deadline
-            and time.time() > deadline
-        ):
-            self._log(
-                logging.INFO,
-                name,
-                delivery,
-                "skipped: its caller's deadline passed %.3f s ago",
-                time.time() - deadline,
-            )
-            settle(delivery, "ack", what=f"call {name!r}")
-            return _observe.SKIPPED, None
-        if not props.reply_to:
-            self._log(
-                logging.ERROR,
-                name,
-                delivery,
-                "no reply_to, so no result can be sent; rejected without requeue",
-            )
-            settle(delivery, "reject", what=f"call {name!r}")
-            return _observe.REJECTED, None
-        headers = props.headers or {}
-        redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
-        if broker_counts:  # a quorum queue counts deliveries itself
-            redeliveries = int_header(headers, DELIVERY_COUNT_HEADER, 0)
-        elif delivery.redelivered:  # a classic queue does not: count it here
-            redeliveries += 1
-            if redeliveries <= self.max_redeliveries:
-                await move(
-                    self.channel,
-                    delivery,
-                    name,
-                    {REDELIVERIES_HEADER: redeliveries},
-                    what=f"call {name!r} ({props.correlation_id})",
-                )
-                return _observe.REQUEUED, None
-        kind = "result"
-        error: BaseException | None = None
-        try:
-            if redeliveries > self.max_redeliveries:
-                raise CallRedeliveredError(
-                    f"call {name!r} was delivered {redeliveries + 1} times without an answer "
-                    "(it may crash its callee); not running it again"
-                )
-            if not props.correlation_id:
-                # Its caller could not tell this reply from others: running the call
-                # would do the work for nobody.
-                raise ValueError(
-                    f"call {name!r} has no correlation_id, so its caller could not match "
-                    "the reply; not run"
-                )
-            kwargs = self._decode(delivery)
-            problem = call.check(kwargs)
-            if problem is not None:
-                raise TypeError(f"{name}(): {problem}")
-            body = self._encode(await call(kwargs))
-        except asyncio.CancelledError:
-            settle(delivery, "nack", requeue=True, what=f"call {name!r}")
-            raise
-        except Exception as exc:
-            if self.host_exceptions:
-                self._log(logging.ERROR, name, delivery, "raised", exc_info=exc)
-            else:
-                self._log(logging.INFO, name, delivery, "raised %s: %s", type(exc).__name__, exc)
-            kind = "error"
-            error = exc
-            body = self._encode_error(exc)
-        try:
-            # Not waiting for the reply's confirm: the ack below follows the reply on
-            # this channel, so the broker has routed the reply before it forgets the call.
-            await self.channel.publish(
-                body,
-                routing_key=props.reply_to,
-                correlation_id=props.correlation_id,
-                content_type=self.CONTENT_TYPE,
-                delivery_mode=self.DELIVERY_MODE,
-                type=kind,
-                confirm=False,
-            )
-        except AMQPError as exc:
-            self._log(logging.WARNING, name, delivery, "the reply could not be sent: %s", exc)
-            settle(delivery, "nack", requeue=True, what=f"call {name!r}")
-            return _observe.REQUEUED, exc
-        except ConfigurationError as exc:
-            # Nothing was sent: the call's reply_to or correlation_id does not go out
-            # again (bytes that were not UTF-8 can exceed 255 once decoded). There is
-            # nowhere to reply, and a requeue would only fail the same way.
-            self._log(
-                logging.ERROR,
-                name,
-                delivery,
-                "the reply cannot be sent (%s); rejected without requeue",
-                exc,
-            )
-            settle(delivery, "reject", what=f"call {name!r}")
-            return _observe.REJECTED, exc
-        settle(delivery, "ack", what=f"call {name!r}")
-        return (_observe.FAILED, error) if error is not None else (_observe.SUCCEEDED, None)
+        await callee.close(timeout)
 
     def serialize_exception(self, exc: BaseException) -> dict[str, Any]:
-        """The error object sent to the caller (aio-pika's fields, plus ours)."""
-        return {
-            "error": {
-                "type": type(exc).__name__,
-                "message": repr(exc),
-                "args": list(exc.args),
-                "str": str(exc),
-                "module": type(exc).__module__,
-                "traceback": "".join(traceback.format_exception(exc)),
-            }
-        }
+        """The error object sent to the caller (aio-pika's fields, plus ours); override
+        to send other details."""
+        return error_payload(exc)
 
     def _encode_error(self, exc: BaseException) -> bytes:
         payload = self.serialize_exception(exc)
