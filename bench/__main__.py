@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench._report import chart, pairs, shown_rows, summary
+from bench._report import chart, pairs, peer_rows, shown_rows, summary
 from bench._results import RESULTS_DIR
 
 HERE = Path(__file__).resolve().parent
@@ -44,9 +44,10 @@ def _run(script: str, args: list[str], console: Console) -> None:
     ) as progress:
         progress.add_task(f"{script} {' '.join(args)}".strip(), total=None)
         result = subprocess.run(command, capture_output=True, text=True)
-    console.print(result.stdout)
+    # as printed: no markup (the settings say [default]), no wrapping of the tables
+    console.out(result.stdout, highlight=False)
     if result.returncode != 0:
-        console.print(result.stderr, style="red")
+        console.out(result.stderr, style="red", highlight=False)
         raise SystemExit(f"{script} failed ({result.returncode})")
 
 
@@ -54,9 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--chart-only", action="store_true", help="redraw from the last results")
     parser.add_argument("--rounds", default="1", help="rounds per benchmark run")
-    parser.add_argument(
-        "--quick", action="store_true", help="small runs: check that it all works"
-    )
+    parser.add_argument("--quick", action="store_true", help="small runs: check that it all works")
     parser.add_argument("--no-peers", action="store_true", help="skip the peers benchmark")
     parser.add_argument(
         "--peer-tasks", help="tasks per peer run (peers_bench.py --tasks; default its own)"
@@ -77,16 +76,33 @@ def main() -> None:
             _run(script, options, console)
         console.print(f"benchmarks took {time.monotonic() - started:.0f} s")
     found = pairs()
-    if not found:
+    peers_report, peers = peer_rows()
+    if not found and not peers:
         raise SystemExit("no results under bench/results: run without --chart-only")
-    chart(found, RESULTS_DIR / "chart.png")
-    (RESULTS_DIR / "summary.md").write_text(summary(found))
-    shown = Table(title="leveret vs aiormq / aio-pika (bench/results/summary.md)")
-    for column in ("scenario", "leveret", "compared with", "ratio", "latency"):
-        shown.add_column(column)
-    for row in shown_rows(found):
-        shown.add_row(*row)
-    console.print(shown)
+    chart(found, peers, RESULTS_DIR / "chart.png")
+    (RESULTS_DIR / "summary.md").write_text(summary(found, peers_report, peers))
+    if found:
+        shown = Table(title="leveret vs aiormq / aio-pika (bench/results/summary.md)")
+        for column in ("scenario", "leveret", "compared with", "ratio", "latency"):
+            shown.add_column(column)
+        for row in shown_rows(found):
+            shown.add_row(*row)
+        console.print(shown)
+    if peers:
+        shown = Table(title="peers (bench/results/summary.md)")
+        for column in (
+            "scenario",
+            "library",
+            "per s",
+            "p50 ms",
+            "CPU µs: producer",
+            "worker",
+            "broker",
+        ):
+            shown.add_column(column)
+        for peer in peers:
+            shown.add_row(*peer.cells())
+        console.print(shown)
     console.print(f"chart: {RESULTS_DIR / 'chart.png'}")
 
 

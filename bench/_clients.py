@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -33,14 +34,6 @@ BODY: Final = b'{"task_id": 1}'
 TaskFunc = Callable[..., Awaitable[Any]]
 #: ``create_task(name, kwargs)`` or ``call(name, kwargs)`` of any library.
 Send = Callable[[str, dict[str, Any]], Awaitable[Any]]
-
-#: Where the peers' drivers live (imported only when a peer runs).
-PEER_DRIVERS: Final = {
-    "celery": "bench.peers.celery_peer",
-    "dramatiq": "bench.peers.dramatiq_peer",
-    "faststream": "bench.peers.faststream_peer",
-    "taskiq": "bench.peers.taskiq_peer",
-}
 
 
 # -- raw AMQP clients ---------------------------------------------------------------------
@@ -355,16 +348,19 @@ async def open_patterns_client(
     raise ValueError(f"unknown library {library!r}")
 
 
-async def open_driver(
-    library: str, url: str, name: str, queue: str, confirms: bool = True
-) -> TaskDriver:
+async def open_driver(library: str, url: str, name: str, confirms: bool = True) -> TaskDriver:
     """The producer/caller side of ``library``: the patterns client, or a peer's driver
-    (configured for ``queue``)."""
-    if library in PEER_DRIVERS:
-        module = importlib.import_module(PEER_DRIVERS[library])
-        driver: TaskDriver = await module.open_driver(url, queue)
-        return driver
-    return await open_patterns_client(library, url, name, confirms)
+    (which reads its run from the environment: see ``bench/peers/_run.py``)."""
+    if library in ("leveret", "aio-pika"):
+        return await open_patterns_client(library, url, name, confirms)
+    from bench.peers import PEERS
+
+    modules = {peer.driver for peer in PEERS if peer.library == library and peer.driver}
+    if not modules:
+        raise ValueError(f"unknown library {library!r}")
+    module = importlib.import_module(modules.pop())
+    driver: TaskDriver = await module.open_driver()  # its run is in the environment
+    return driver
 
 
 # -- the main process's own connection ------------------------------------------------------
@@ -403,12 +399,20 @@ class Admin:
         """Return once ``queue`` has a consumer; raise ``TimeoutError`` after ``timeout``
         seconds, or ``RuntimeError`` as soon as ``alive()`` says the worker died."""
         deadline = clock() + timeout
-        while not await self.consumers(queue):
-            if not alive():
-                raise RuntimeError(f"the worker exited before it consumed from {queue}")
-            if clock() > deadline:
-                raise TimeoutError(f"no consumer on {queue} after {timeout:.0f} s")
-            await asyncio.sleep(0.05)
+        # Each probe of a queue not declared yet costs a channel, which the client
+        # logs as a warning: expected here, so not shown.
+        amqp_log = logging.getLogger("leveret.amqp")
+        level = amqp_log.level
+        amqp_log.setLevel(logging.ERROR)
+        try:
+            while not await self.consumers(queue):
+                if not alive():
+                    raise RuntimeError(f"the worker exited before it consumed from {queue}")
+                if clock() > deadline:
+                    raise TimeoutError(f"no consumer on {queue} after {timeout:.0f} s")
+                await asyncio.sleep(0.05)
+        finally:
+            amqp_log.setLevel(level)
 
     async def delete(self, queues: Sequence[str], exchanges: Sequence[str] = ()) -> dict[str, int]:
         """Delete the queues (returning what was left in each: should be 0) and exchanges."""
@@ -426,3 +430,10 @@ class Admin:
 
     async def close(self) -> None:
         await self._connection.close()
+
+
+async def broker_version(url: str) -> str:
+    """The version the broker behind ``url`` announces."""
+    admin = await Admin.open(url, "bench probe")
+    await admin.close()
+    return admin.broker_version

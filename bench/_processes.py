@@ -49,7 +49,7 @@ class Children:
     """The spawned children of one run and their results, by role.
 
     Use as ``async with``: on exit each child is joined, and terminated (by its own
-    handle) if it does not end in time.
+    handle) if it does not end in time (30 s, or 1 s when the block failed).
     """
 
     def __init__(self) -> None:
@@ -98,7 +98,8 @@ class Children:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.join()
+        # After a failure nobody waits for what the children still do.
+        await self.join(30.0 if exc_type is None else 1.0)
 
 
 class WorkerCommand:
@@ -125,6 +126,13 @@ class WorkerCommand:
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def tracebacks(self) -> int:
+        """How many tracebacks the command has logged (a task that raised, a crash)."""
+        try:
+            return self._log.read_text(errors="replace").count("Traceback (most recent call last)")
+        except OSError:
+            return 0
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -11,7 +11,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
@@ -145,6 +145,17 @@ def write_results(prefix: str, report: dict[str, Any]) -> Path:
     path.write_text(text)
     (RESULTS_DIR / f"{prefix}-latest.json").write_text(text)
     return path
+
+
+def finish(
+    prefix: str, report: dict[str, Any], *, save: bool, show: Callable[[dict[str, Any]], None]
+) -> None:
+    """Write the results if ``save`` (first, so a failing printout loses nothing), show
+    them, and say where they went."""
+    path = write_results(prefix, report) if save else None
+    show(report)
+    if path is not None:
+        print(f"results: {path} (and {path.with_name(f'{prefix}-latest.json')})")
 
 
 def read_latest(prefix: str) -> dict[str, Any] | None:

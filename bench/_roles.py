@@ -167,7 +167,7 @@ async def serve_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str,
 async def send_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
     """The producer process: warm up, then send N tasks over ``case.lanes`` lanes."""
     name = client_name(case, "producer")
-    client = await open_driver(case.library, url, name, queue, case.confirms)
+    client = await open_driver(case.library, url, name, case.confirms)
     try:
         create_task = await client.task_creator()
 
@@ -215,7 +215,7 @@ async def serve_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str,
 async def make_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
     """The caller process: warm up, then N calls with ``case.lanes`` in flight."""
     name = client_name(case, "caller")
-    client = await open_driver(case.library, url, name, queue, case.confirms)
+    client = await open_driver(case.library, url, name, case.confirms)
     try:
         call = await client.rpc_caller()
         latencies: list[int] = []

@@ -37,6 +37,7 @@ from bench._processes import Children, spawn
 from bench._profiling import Profiler, profiling, report_profile
 from bench._report import Column, print_rows
 from bench._results import (
+    finish,
     fmt,
     fmt_ratio,
     machine_info,
@@ -44,7 +45,6 @@ from bench._results import (
     quietest,
     ratio,
     utc_now,
-    write_results,
 )
 from bench._roles import amqp_role, consume_timeout, warm_up
 
@@ -355,10 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     report = asyncio.run(run(args))
     summarize(report)
-    print_table(report)
-    if not args.no_save:
-        path = write_results("amqp", report)
-        print(f"results: {path} (and {path.with_name('amqp-latest.json')})")
+    finish("amqp", report, save=not args.no_save, show=print_table)
 
 
 if __name__ == "__main__":

@@ -39,12 +39,13 @@ from typing import Any, Final
 # python bench/patterns_bench.py: import the bench package from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._clients import DEFAULT_URL, Admin
+from bench._clients import DEFAULT_URL, Admin, broker_version
 from bench._measure import Phase, loadavg, locate_broker, phase_numbers, us_per
 from bench._processes import Children
-from bench._report import Column, print_rows
+from bench._report import Column, print_rows, rate_cells
 from bench._results import (
     REFERENCE,
+    finish,
     fmt,
     fmt_ratio,
     machine_info,
@@ -53,7 +54,6 @@ from bench._results import (
     ratio,
     read_reference,
     utc_now,
-    write_results,
 )
 from bench._roles import (
     Case,
@@ -253,14 +253,13 @@ def plan(args: argparse.Namespace) -> dict[str, list[Case]]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     broker_pid = locate_broker(args.url)
-    probe = await Admin.open(args.url, "patterns_bench probe")
-    await probe.close()
+    version = await broker_version(args.url)
     from leveret.patterns import DEFAULT_PREFETCH
 
     report: dict[str, Any] = {
         "started": utc_now(),
         "machine": machine_info(("leveret", "aio-pika", "aiormq", "pamqp")),
-        "broker_version": probe.broker_version,
+        "broker_version": version,
         "url": args.url.split("@")[-1],  # no credentials in the results
         "tasks": args.tasks,
         "calls": args.calls,
@@ -427,13 +426,7 @@ def print_table(report: dict[str, Any]) -> None:
                     scenario["name"],
                     case["library"],
                     case["variant"],
-                    fmt(row["per_s"]),
-                    fmt(row["producer_confirmed_per_s"]),
-                    fmt(row["p50_ms"], 3),
-                    fmt(row["p99_ms"], 3),
-                    fmt(row["driver_cpu_us_per_msg"], 1),
-                    fmt(row["server_cpu_us_per_msg"], 1),
-                    fmt(row["broker_cpu_us_per_msg"], 1),
+                    *rate_cells(row, "producer_confirmed_per_s"),
                     fmt(row["other_load_cores"], 2),
                 ]
             )
@@ -568,10 +561,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     report = asyncio.run(run(args))
-    path = None if args.no_save else write_results("patterns", report)
-    print_table(report)
-    if path is not None:
-        print(f"results: {path} (and {path.with_name('patterns-latest.json')})")
+    finish("patterns", report, save=not args.no_save, show=print_table)
 
 
 if __name__ == "__main__":
