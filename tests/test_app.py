@@ -154,12 +154,12 @@ async def test_leveret_run_serves_an_app_in_several_processes_and_stops_on_sigte
     )
     client = _client_app(env)
     queue = f"{env['APP_PREFIX']}.record"
+
+    async def both_consume() -> bool:
+        return await _consumers(queue) == 2
+
     try:
-        for _ in range(200):
-            if await _consumers(queue) == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert await _consumers(queue) == 2
+        await wait_until(both_consume, 10, "both processes to consume")
         async with client:
             for n in range(100):
                 await client.tasks[queue].send(n=n)

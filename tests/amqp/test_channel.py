@@ -15,6 +15,7 @@ from leveret.exceptions import (
     PublishNackedError,
     ResourceLockedError,
 )
+from tests.support.waiting import wait_until
 
 
 async def test_publish_returns_after_confirm_and_message_is_in_the_queue(
@@ -194,14 +195,13 @@ async def test_channel_without_confirms_publishes_without_waiting(
     channel = await connection.channel(publisher_confirms=False)
     for i in range(100):
         await channel.publish(b"%d" % i, routing_key=queue)
-    await asyncio.sleep(0)
     confirmed = await connection.channel()
     await confirmed.publish(b"last", routing_key=queue)
-    for _ in range(50):
-        if (await confirmed.queue_declare(queue, passive=True)).message_count == 101:
-            break
-        await asyncio.sleep(0.02)
-    assert (await confirmed.queue_declare(queue, passive=True)).message_count == 101
+
+    async def all_there() -> bool:
+        return (await confirmed.queue_declare(queue, passive=True)).message_count == 101
+
+    await wait_until(all_there, 5, "the 100 unconfirmed messages and the confirmed one")
 
 
 async def test_closing_a_channel_leaves_the_connection_usable(connection: Connection) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from leveret.amqp import Channel, Connection, Delivery, connect
 from leveret.exceptions import ConsumerCancelledError, DeliveryError
+from tests.support.waiting import wait_until
 
 
 async def _publish(channel: Channel, queue: str, count: int) -> None:
@@ -38,10 +39,7 @@ async def test_async_callback_runs_as_a_task_and_acks(channel: Channel, queue: s
 
     await channel.consume(queue, on_delivery)
     await _publish(channel, queue, 50)
-    for _ in range(200):
-        if len(seen) == 50:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: len(seen) == 50, 5, "fifty deliveries")
     assert sorted(seen) == sorted(b"%d" % i for i in range(50))
     await asyncio.sleep(0.1)
     assert (await channel.queue_declare(queue, passive=True)).message_count == 0
@@ -157,11 +155,8 @@ async def test_broker_cancel_reaches_the_callback_owner(
     cancelled: list[ConsumerCancelledError] = []
     await channel.consume(unique, lambda d: None, on_cancel=cancelled.append)
     await (await connection.channel()).queue_delete(unique)
-    for _ in range(100):
-        if cancelled:
-            break
-        await asyncio.sleep(0.01)
-    assert cancelled and unique in str(cancelled[0])
+    await wait_until(lambda: cancelled, 5, "the broker's cancel")
+    assert unique in str(cancelled[0])
 
 
 async def test_broker_cancel_ends_an_iterator_with_an_error(
@@ -217,9 +212,6 @@ async def test_a_failing_sync_callback_does_not_stop_the_consumer(
 
     await channel.consume(queue, on_delivery)
     await _publish(channel, queue, 3)
-    for _ in range(100):
-        if len(ok) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(ok) == 2, 5, "the deliveries after the failing one")
     assert ok == [b"0", b"2"]
     assert "user bug" in caplog.text

@@ -38,11 +38,7 @@ async def _dead_letter_five(channel: Channel, queue: str, done: list[int]) -> Ma
         ok = await channel.queue_declare(dead_letter_queue(queue), passive=True)
         return ok.message_count == 5
 
-    for _ in range(250):
-        if await five_dead():
-            break
-        await asyncio.sleep(0.02)
-    assert await five_dead()
+    await wait_until(five_dead, 5, "five dead letters")
     return master
 
 

@@ -95,11 +95,7 @@ async def test_a_call_nobody_takes_in_time_is_dropped_by_the_broker(
     async def queue_is_empty() -> bool:
         return (await channel.queue_declare(unique, passive=True)).message_count == 0
 
-    for _ in range(100):
-        if await queue_is_empty():
-            break
-        await asyncio.sleep(0.05)
-    assert await queue_is_empty()
+    await wait_until(queue_is_empty, 5, "the broker to drop the expired call")
 
 
 async def test_callee_skips_a_call_whose_deadline_has_passed(

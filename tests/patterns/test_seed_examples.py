@@ -19,10 +19,10 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 import pytest
@@ -32,6 +32,7 @@ from leveret.amqp import Connection, Delivery, QueueDeclareOk
 from leveret.exceptions import NotFoundError, RemoteError
 from leveret.patterns import REPLY_TO, Master, dead_letter_queue
 from tests.patterns.conftest import Cleanup
+from tests.support.waiting import wait_until
 
 # The examples run as subprocesses that connect to the real broker.
 pytestmark = pytest.mark.rabbitmq_only
@@ -45,7 +46,6 @@ IMPORT_SWAPS = {
 }
 MSGPACK = "application/msgpack"
 LEVERET_DIR = str(Path(leveret.__file__).parent)  # a traceback through it is a bug
-T = TypeVar("T")
 
 # -- the copies are faithful ---------------------------------------------------------
 
@@ -120,8 +120,17 @@ class Example:
 
     async def wait(self, timeout: float) -> int:
         """Wait for the process to exit; its exit code."""
-        await _eventually(lambda: _value(self.process.poll() is not None), timeout, f"{self.name}")
+        await wait_until(
+            lambda: self.process.poll() is not None, timeout, f"{self.name}.py to exit"
+        )
         return self.process.returncode
+
+    def check_running(self, what: str) -> None:
+        """Fail at once if the process has exited (while the test waits for ``what``)."""
+        if not self.running:
+            raise AssertionError(
+                f"{self.name}.py exited while waiting for {what}: {self.describe()}"
+            )
 
     def kill(self) -> None:
         if self.running:
@@ -131,36 +140,6 @@ class Example:
 
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-async def _value(value: T) -> T:
-    return value
-
-
-async def _eventually(
-    probe: Callable[[], Awaitable[T]],
-    timeout: float,
-    what: str,
-    *,
-    alive: Example | None = None,
-) -> T:
-    """Poll ``probe`` every 20 ms until it returns something truthy; return that.
-
-    Fails naming ``what`` after ``timeout`` seconds, or at once if ``alive`` exits.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if alive is not None and not alive.running:
-            raise AssertionError(
-                f"{alive.name}.py exited while waiting for {what}: {alive.describe()}"
-            )
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def _queue_state(connection: Connection, name: str) -> QueueDeclareOk | None:
@@ -207,11 +186,14 @@ def examples(tmp_path: Path) -> Iterator[Callable[[str], Example]]:
 
 
 async def _wait_for_consumer(connection: Connection, queue: str, server: Example) -> None:
+    what = f"{server.name}.py to consume {queue!r}"
+
     async def consumed() -> bool:
+        server.check_running(what)
         state = await _queue_state(connection, queue)
         return state is not None and state.consumer_count > 0
 
-    await _eventually(consumed, 30, f"{server.name}.py to consume {queue!r}", alive=server)
+    await wait_until(consumed, 30, what)
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Warning)\b", re.M)
@@ -237,7 +219,7 @@ async def _interrupt_and_expect_a_clean_exit(
     async def gone() -> bool:
         return await _queue_state(connection, queue) is None
 
-    await _eventually(gone, 10, f"the auto_delete queue {queue!r} to go with its worker")
+    await wait_until(gone, 10, f"the auto_delete queue {queue!r} to go with its worker")
 
 
 async def test_seed_master_publishes_2000_tasks_that_the_seed_worker_consumes(
@@ -257,10 +239,11 @@ async def test_seed_master_publishes_2000_tasks_that_the_seed_worker_consumes(
         # The seed worker rejects even task ids and nacks odd ones, both without
         # requeue: every task leaves the queue and none comes back.
         async def drained() -> QueueDeclareOk | None:
+            worker.check_running(f"{queue!r} to drain")
             state = await _queue_state(connection, queue)
             return state if state is not None and state.message_count == 0 else None
 
-        state = await _eventually(drained, 60, f"{queue!r} to drain", alive=worker)
+        state = await wait_until(drained, 60, f"{queue!r} to drain")
         assert state.consumer_count == 1
         # Rejected and nacked without requeue, each task is kept in the dead-letter queue.
         dead = await _queue_state(connection, dead_letter_queue(queue))
