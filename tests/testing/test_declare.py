@@ -1,7 +1,5 @@
 """Declaring, deleting and purging on the in-memory broker: RabbitMQ's rules and words."""
 
-import asyncio
-
 import pytest
 
 from leveret.exceptions import (
@@ -16,6 +14,7 @@ from leveret.exceptions import (
     ResourceLockedError,
 )
 from leveret.testing import MemoryBroker, MemoryChannel, MemoryConnection
+from tests.support.waiting import wait_until
 from tests.testing.conftest import publish_all
 
 
@@ -181,7 +180,7 @@ async def test_deleting_respects_if_unused_and_if_empty_and_tells_consumers(
     with pytest.raises(PreconditionFailedError, match="queue 'd' in vhost '/' not empty"):
         await (await leveret_connection.channel()).queue_delete("d", if_empty=True)
     assert await channel.queue_delete("d") == 1  # one ready; the other is unacked
-    await asyncio.sleep(0)
+    await wait_until(lambda: cancelled, 1, "the consumer's cancel")
     assert len(cancelled) == 1 and "the broker cancelled consumer" in str(cancelled[0])
     assert await channel.queue_delete("d") == 0  # deleting a missing queue is fine
 
