@@ -34,19 +34,24 @@ async def test_sync_callback_receives_every_delivery_in_order(channel: Channel, 
     assert bodies == [b"%d" % i for i in range(500)]
 
 
-async def test_async_callback_runs_as_a_task_and_acks(channel: Channel, queue: str) -> None:
+async def test_async_callback_runs_as_a_task_and_acks(
+    connection: Connection, channel: Channel, queue: str
+) -> None:
     seen: list[bytes] = []
+    consuming = await connection.channel()
 
     async def on_delivery(delivery: Delivery) -> None:
         await asyncio.sleep(0)
         seen.append(delivery.body)
         delivery.ack()
 
-    await channel.consume(queue, on_delivery)
+    await consuming.consume(queue, on_delivery)
     await _publish(channel, queue, 50)
     await wait_until(lambda: len(seen) == 50, 5, "fifty deliveries")
     assert sorted(seen) == sorted(b"%d" % i for i in range(50))
-    await asyncio.sleep(0.1)
+    # A passive declare counts ready messages only, not unacked ones: close the
+    # consuming channel, which makes the broker requeue whatever was not acked.
+    await consuming.close()
     assert (await channel.queue_declare(queue, passive=True)).message_count == 0
 
 
