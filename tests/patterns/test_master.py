@@ -4,12 +4,13 @@ import asyncio
 import json
 import pickle
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from leveret.amqp import Channel, Connection
+from leveret.amqp import Channel, Connection, Delivery, QueueDeclareOk
 from leveret.exceptions import (
     MessageReturnedError,
     NotFoundError,
@@ -306,27 +307,69 @@ async def test_workers_share_a_queue_round_robin(
     assert counts["a"] >= 30 and counts["b"] >= 30
 
 
+class _Overfetching:
+    """The test's channel, except that every consumer may hold ``prefetch`` unacked
+    deliveries: more than a worker runs at once, so the rest wait inside the worker."""
+
+    def __init__(self, channel: Channel, prefetch: int) -> None:
+        self._channel = channel
+        self._prefetch = prefetch
+        self.close_callbacks = channel.close_callbacks
+        self.return_callbacks = channel.return_callbacks
+
+    @property
+    def is_closed(self) -> bool:
+        return self._channel.is_closed
+
+    async def queue_declare(self, queue: str = "", **options: Any) -> QueueDeclareOk:
+        return await self._channel.queue_declare(queue, **options)
+
+    async def publish(self, body: bytes, **options: Any) -> None:
+        await self._channel.publish(body, **options)
+
+    async def consume(
+        self,
+        queue: str,
+        callback: Callable[[Delivery], Awaitable[Any] | None],
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        prefetch_count: int | None = None,
+    ) -> str:
+        return await self._channel.consume(
+            queue, callback, no_ack=no_ack, exclusive=exclusive, prefetch_count=self._prefetch
+        )
+
+    async def cancel(self, consumer_tag: str) -> None:
+        await self._channel.cancel(consumer_tag)
+
+
 async def test_worker_close_lets_running_tasks_finish_and_requeues_waiting_ones(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
     release = asyncio.Event()
+    started: list[int] = []
     finished: list[int] = []
 
     async def task(*, n: int) -> None:
+        started.append(n)
         await release.wait()
         finished.append(n)
 
-    master = Master(channel)
+    master = Master(_Overfetching(channel, prefetch=6))
     worker = await master.create_worker(cleanup.queue(unique), task, prefetch_count=2)
     for n in range(6):
         await master.create_task(unique, kwargs={"n": n})
-    await wait_until(lambda: worker.in_flight == 2, 5, "two running tasks")
+    # Two tasks run; the other four were delivered and wait for a free slot.
+    await wait_until(lambda: worker.in_flight == 6, 5, "six tasks in the worker")
+    assert started == [0, 1]
     closing = asyncio.create_task(worker.close())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # proves a negative: close waits for the running tasks
     assert not closing.done()
     release.set()
     await asyncio.wait_for(closing, 5)
-    assert sorted(finished) == [0, 1]
+    # The waiting four never ran: they went back to the queue.
+    assert sorted(finished) == [0, 1] and started == [0, 1]
     ok = await channel.queue_declare(unique, passive=True)
     assert ok.message_count == 4
 
