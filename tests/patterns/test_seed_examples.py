@@ -14,12 +14,13 @@ at once if another process is consuming it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,12 +38,23 @@ from tests.support.waiting import wait_until
 # The examples run as subprocesses that connect to the real broker.
 pytestmark = pytest.mark.rabbitmq_only
 
-SEED_DIR = Path(__file__).resolve().parents[2] / "examples" / "seed"
-ORIGINALS_DIR = Path("/work/shared/seed/examples")
-SEED_FILES = ("master.py", "msgpack_extending.py", "rpc_callee.py", "rpc_caller.py", "worker.py")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEED_DIR = REPO_ROOT / "examples" / "seed"
+# aio-pika's originals, where a checkout has them beside it; the hashes below
+# hold them for every other clone (CI included).
+ORIGINALS_DIR = REPO_ROOT.parent / "shared" / "seed" / "examples"
+ORIGINAL_SHA256 = {
+    "master.py": "972aae0963cb15de567db7e692a4d1481b20d82ff8b3f37ba4c1d3a0b0219456",
+    "msgpack_extending.py": "3068aa76ca506c9b5f170724c66657621294880d8e01786e732ec632d0fabb22",
+    "rpc_callee.py": "213725fe12cafe568ac3cd404e2cb5d92e255653476a10f8bb8e47cde1aff1fd",
+    "rpc_caller.py": "d103e920a6de216a026f9ce76873622af4a563adf2261b9fcc3bb8a2fd01ef81",
+    "worker.py": "d065cd7f7658c43bfc3427902fc026a264427c5e8a6021d98a33bf35f3a37f3c",
+}
+SEED_FILES = tuple(ORIGINAL_SHA256)
+# Whole-line prefixes: the original's import on the left, the copy's on the right.
 IMPORT_SWAPS = {
-    "from aio_pika import connect_robust\n": "from leveret import connect_robust\n",
-    "from aio_pika.patterns import ": "from leveret.patterns import ",
+    b"from aio_pika import connect_robust\n": b"from leveret import connect_robust\n",
+    b"from aio_pika.patterns import ": b"from leveret.patterns import ",
 }
 MSGPACK = "application/msgpack"
 LEVERET_DIR = str(Path(leveret.__file__).parent)  # a traceback through it is a bug
@@ -50,25 +62,47 @@ LEVERET_DIR = str(Path(leveret.__file__).parent)  # a traceback through it is a 
 # -- the copies are faithful ---------------------------------------------------------
 
 
-def _swap_imports(original: str) -> str:
-    lines = original.splitlines(keepends=True)
+def _swap_lines(text: bytes, swaps: Mapping[bytes, bytes]) -> bytes:
+    lines = text.splitlines(keepends=True)
     for index, line in enumerate(lines):
-        for old, new in IMPORT_SWAPS.items():
+        for old, new in swaps.items():
             if line.startswith(old):
                 lines[index] = new + line[len(old) :]
-    return "".join(lines)
+    return b"".join(lines)
+
+
+def _swap_imports(original: bytes) -> bytes:
+    """The original with its aio_pika imports made leveret's."""
+    return _swap_lines(original, IMPORT_SWAPS)
+
+
+def _swap_imports_back(copy: bytes) -> bytes:
+    """The copy with its leveret imports made aio_pika's again."""
+    return _swap_lines(copy, {new: old for old, new in IMPORT_SWAPS.items()})
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_seed_examples_differ_from_aio_pikas_only_in_their_import_lines() -> None:
-    if not ORIGINALS_DIR.is_dir():
-        pytest.skip(f"the originals are not here ({ORIGINALS_DIR})")
-    originals = sorted(path.name for path in ORIGINALS_DIR.glob("*.py"))
-    assert sorted(path.name for path in SEED_DIR.glob("*.py")) == originals
-    for name in originals:
-        original = (ORIGINALS_DIR / name).read_text()
-        copy = (SEED_DIR / name).read_text()
-        assert copy == _swap_imports(original), f"examples/seed/{name} differs beyond its imports"
-        assert copy != original, f"examples/seed/{name} still imports aio_pika"
+    copies = sorted(path.name for path in SEED_DIR.glob("*.py"))
+    assert copies == sorted(ORIGINAL_SHA256), f"examples/seed/ holds {copies}"
+    for name, digest in ORIGINAL_SHA256.items():
+        copy = (SEED_DIR / name).read_bytes()
+        original = _swap_imports_back(copy)
+        assert original != copy, f"examples/seed/{name} does not import leveret"
+        assert _sha256(original) == digest, f"examples/seed/{name} differs beyond its imports"
+    if ORIGINALS_DIR.is_dir():  # this checkout has the originals: compare with them too
+        originals = sorted(path.name for path in ORIGINALS_DIR.glob("*.py"))
+        assert originals == sorted(ORIGINAL_SHA256), f"{ORIGINALS_DIR} holds {originals}"
+        for name, digest in ORIGINAL_SHA256.items():
+            original = (ORIGINALS_DIR / name).read_bytes()
+            assert _sha256(original) == digest, f"the stored hash of {name} is not the original's"
+            copy = (SEED_DIR / name).read_bytes()
+            assert copy == _swap_imports(original), (
+                f"examples/seed/{name} differs beyond its imports"
+            )
 
 
 def test_seed_examples_import_leveret_and_never_aio_pika() -> None:
