@@ -113,6 +113,18 @@ async def test_every_property_survives_the_broker(channel: Channel, queue: str) 
     assert (delivery.exchange, delivery.routing_key, delivery.redelivered) == ("", queue, False)
 
 
+async def test_delivery_headers_are_an_empty_mapping_when_the_message_has_none(
+    channel: Channel, queue: str
+) -> None:
+    await channel.publish(b"plain", routing_key=queue)
+    await channel.publish(b"with", routing_key=queue, headers={"a": 1})
+    plain = await channel.get(queue, no_ack=True)
+    with_headers = await channel.get(queue, no_ack=True)
+    assert plain is not None and plain.properties.headers is None
+    assert plain.headers == {} and plain.headers.get("a") is None
+    assert with_headers is not None and with_headers.headers == {"a": 1}
+
+
 async def test_exchanges_route_and_bindings_can_be_removed(channel: Channel, unique: str) -> None:
     topic, fanout = unique + ".topic", unique + ".fanout"
     await channel.exchange_declare(topic, "topic")

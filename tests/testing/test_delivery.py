@@ -27,6 +27,18 @@ async def test_deliveries_arrive_in_order_on_a_later_loop_turn_never_inside_publ
     assert (first.exchange, first.routing_key, first.redelivered) == ("", "q", False)
 
 
+async def test_delivery_headers_are_an_empty_mapping_when_the_message_has_none(
+    leveret_channel: MemoryChannel,
+) -> None:
+    await leveret_channel.queue_declare("q")
+    await leveret_channel.publish(b"plain", routing_key="q")
+    await leveret_channel.publish(b"with", routing_key="q", headers={"a": 1})
+    plain = await leveret_channel.get("q", no_ack=True)
+    with_headers = await leveret_channel.get("q", no_ack=True)
+    assert plain is not None and plain.properties.headers is None and plain.headers == {}
+    assert with_headers is not None and with_headers.headers == {"a": 1}
+
+
 async def test_a_consumer_gets_no_more_than_its_prefetch_until_it_acks(
     leveret_broker: MemoryBroker, leveret_channel: MemoryChannel
 ) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._frames import Properties
 
 if TYPE_CHECKING:
     from ._channel import Channel
+
+# What a delivery without headers shows: one shared, read-only empty mapping, so
+# reading headers costs no allocation per message.
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
 
 class Delivery:
@@ -67,6 +73,12 @@ class Delivery:
     def channel(self) -> Channel:
         """The channel this delivery arrived on."""
         return self._channel
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The message's headers (``properties.headers``); empty, never ``None``,
+        when it carries none. Read-only: change headers by publishing a copy."""
+        return self.properties.headers or _NO_HEADERS
 
     def ack(self) -> None:
         """Acknowledge: the broker forgets the message.
