@@ -182,7 +182,7 @@ class Harness:
             letter = letters[message_id]
             assert letter.body == body
             assert letter.properties.content_type == content_type
-            seen = letter.properties.headers or {}
+            seen = letter.headers
             assert isinstance(seen.get(REASON), str) and seen[REASON], message_id
             assert "x-leveret-dropped" not in seen, seen["x-leveret-dropped"]
             for key, value in (headers or {}).items():

@@ -136,7 +136,7 @@ async def test_nack_and_reject_settle_the_task_as_the_function_asks(
         await master.create_task(unique, kwargs={"n": n})
     await wait_until(lambda: attempts.get(2) == 2 and attempts.get(3) == 2, 5, "the requeues")
     dead = await dead_letters(channel, unique, 2)
-    reasons = {json.loads(d.body)["n"]: d.properties.headers[REASON] for d in dead}
+    reasons = {json.loads(d.body)["n"]: d.headers[REASON] for d in dead}
     assert reasons == {0: "rejected by the task function", 1: "nacked by the task function"}
     assert attempts == {0: 1, 1: 1, 2: 2, 3: 2}
 
@@ -155,7 +155,7 @@ async def test_failing_task_goes_to_the_dead_letter_queue_once_with_its_error(
     await master.create_worker(cleanup.queue(unique), explode)
     await master.create_task(unique, kwargs={"n": 7}, message_id="m-7")
     (dead,) = await dead_letters(channel, unique, 1)
-    headers = dead.properties.headers
+    headers = dead.headers
     assert headers[REASON] == "failed after 1 attempt"
     assert headers["x-leveret-exception-type"] == "ValueError"
     assert headers["x-leveret-exception-message"] == "bad n 7"
@@ -241,7 +241,7 @@ async def test_bad_tasks_are_dead_lettered_with_a_reason_and_good_ones_keep_flow
     dead = await dead_letters(channel, unique, len(bad))
     assert [d.body for d in dead] == [body for body, _, _ in bad]
     for delivery, (_, _, reason) in zip(dead, bad, strict=True):
-        assert reason in delivery.properties.headers[REASON]
+        assert reason in delivery.headers[REASON]
         assert reason in caplog.text
     assert caplog.text.count(f"task '{unique}'") >= len(bad)
 
@@ -419,4 +419,4 @@ async def test_copies_made_by_the_worker_carry_the_senders_user_id_as_a_header(
     )
     (dead,) = await dead_letters(channel, unique, 1)
     assert dead.properties.user_id is None  # the broker would refuse a copy from another user
-    assert dead.properties.headers["x-leveret-original-user-id"] == "guest"
+    assert dead.headers["x-leveret-original-user-id"] == "guest"
