@@ -59,7 +59,9 @@ def _free_port() -> int:
 
 
 def _scrape(port: int) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
 
 
 def _client_app(env: dict[str, str]) -> App:
@@ -70,7 +72,8 @@ def _client_app(env: dict[str, str]) -> App:
     async def record(*, n: int) -> None: ...
 
     @app.rpc()
-    def multiply(*, x: int, y: int) -> int: ...
+    def multiply(*, x: int, y: int) -> int:
+        raise AssertionError("the served processes run it, never the client")
 
     return app
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from leveret.amqp import Connection, connect
+from leveret.amqp import Channel, Connection, Delivery, connect
 from leveret.exceptions import (
     AuthenticationError,
     ChannelClosedError,
@@ -51,7 +51,7 @@ async def test_large_body_crosses_a_small_frame_max(amqp_url: str, unique: str) 
         assert delivery is not None and delivery.body == body
 
 
-async def test_twenty_megabyte_body_round_trips_intact(channel, queue: str) -> None:
+async def test_twenty_megabyte_body_round_trips_intact(channel: Channel, queue: str) -> None:
     body = uuid.uuid4().bytes * (20 * 1024 * 1024 // 16)
     await channel.publish(body, routing_key=queue)
     delivery = await channel.get(queue)
@@ -101,7 +101,7 @@ async def test_async_with_closes_and_cancels_consumer_tasks(amqp_url: str, uniqu
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
-    async def slow(delivery) -> None:
+    async def slow(delivery: Delivery) -> None:
         started.set()
         try:
             await asyncio.sleep(60)

@@ -132,12 +132,12 @@ async def test_tasks_with_a_header_of_every_amqp_field_type_run_once_and_keep_it
         kind = f"header of AMQP field type {field.kind}"
         ledger.tried(kind)
         for body, case in ((f'{{"n": {n}}}'.encode(), f"good-{n}"), (b"{oops", f"bad-{n}")):
-            headers = raw_table(_case_entry(case), raw_entry(b"field", field.raw))
+            raw = raw_table(_case_entry(case), raw_entry(b"field", field.raw))
             await channel.publish(
                 body,
                 routing_key=task,
                 mandatory=True,
-                properties=RawProperties(raw_headers=headers, content_type=JSON, message_id=case),
+                properties=RawProperties(raw_headers=raw, content_type=JSON, message_id=case),
             )
     await wait_until(lambda: len(tally.runs) == len(FIELD_TYPES), 10, "the good tasks")
     letters = await dead_letters_by_id(channel, task, [f"bad-{n}" for n in range(len(FIELD_TYPES))])

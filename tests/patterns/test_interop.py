@@ -135,6 +135,7 @@ async def aio_pika_caller(
     aio_pika_channel: aio_pika.abc.AbstractChannel,
 ) -> AsyncIterator[JsonRPC]:
     rpc = await JsonRPC.create(aio_pika_channel)
+    assert isinstance(rpc, JsonRPC)  # aio-pika types create() as returning its base RPC
     try:
         yield rpc
     finally:
@@ -172,6 +173,7 @@ async def aio_pika_callee(
     aio_pika_channel: aio_pika.abc.AbstractChannel,
 ) -> AsyncIterator[JsonRPC]:
     rpc = await JsonRPC.create(aio_pika_channel)
+    assert isinstance(rpc, JsonRPC)
     try:
         yield rpc
     finally:

@@ -94,7 +94,7 @@ async def test_task_is_acked_only_after_the_function_returns(
     connect_broker: ConnectBroker, unique: str, cleanup: Cleanup
 ) -> None:
     started = asyncio.Event()
-    redelivered: list[bool] = []
+    redelivered: list[int] = []
 
     async def stuck(*, n: int) -> None:
         started.set()
@@ -377,13 +377,14 @@ async def test_worker_close_lets_running_tasks_finish_and_requeues_waiting_ones(
 async def test_subclass_with_its_own_serializer_round_trips(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
-    import msgpack
+    import msgpack  # type: ignore[import-untyped,unused-ignore]
 
     class MsgpackMaster(Master):
         CONTENT_TYPE = "application/msgpack"
 
         def serialize(self, data: Any) -> bytes:
-            return msgpack.dumps(data)
+            packed: bytes = msgpack.dumps(data)
+            return packed
 
         def deserialize(self, data: bytes) -> Any:
             return msgpack.loads(data)

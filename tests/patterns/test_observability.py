@@ -56,7 +56,8 @@ async def test_log_lines_name_the_task_its_message_and_attempt(
     await master.create_task(unique, kwargs={"n": 1}, message_id="msg-1")
     await dead_letters(channel, unique, 1)
     records = [r for r in caplog.records if getattr(r, "task", None) == unique]
-    assert records and all(r.message_id == "msg-1" and r.attempt == 1 for r in records)
+    assert records
+    assert all((r.__dict__["message_id"], r.__dict__["attempt"]) == ("msg-1", 1) for r in records)
     assert f"task '{unique}' (message msg-1, attempt 1)" in records[0].getMessage()
 
 
@@ -154,9 +155,16 @@ async def test_a_task_span_is_the_child_of_the_span_that_sent_it(
     by_name = {span.name: span for span in spans.get_finished_spans()}
     trace_id = request.get_span_context().trace_id
     task_span = by_name[f"task {unique}"]
-    assert task_span.parent.span_id == request.get_span_context().span_id
-    assert by_name[f"call {unique}.echo"].parent.span_id == request.get_span_context().span_id
-    assert by_name[f"task {unique}.second"].parent.span_id == task_span.context.span_id
+
+    def parent_of(name: str) -> int:
+        parent = by_name[name].parent
+        assert parent is not None, f"span {name!r} has no parent"
+        return parent.span_id
+
+    assert task_span.context is not None
+    assert parent_of(f"task {unique}") == request.get_span_context().span_id
+    assert parent_of(f"call {unique}.echo") == request.get_span_context().span_id
+    assert parent_of(f"task {unique}.second") == task_span.context.span_id
     assert {span.context.trace_id for span in by_name.values()} == {trace_id}
     await rpc.close()
 

@@ -5,6 +5,7 @@ import itertools
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -150,7 +151,9 @@ def test_current_task_outside_a_task_raises_lookup_error() -> None:
         ({"max_redeliveries": -1}, "max_redeliveries=-1"),
     ],
 )
-def test_retry_policies_that_make_no_sense_are_refused(options: dict, message: str) -> None:
+def test_retry_policies_that_make_no_sense_are_refused(
+    options: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigurationError, match=message):
         RetryPolicy(**options)
 

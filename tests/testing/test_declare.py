@@ -1,5 +1,7 @@
 """Declaring, deleting and purging on the in-memory broker: RabbitMQ's rules and words."""
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from leveret.exceptions import (
@@ -101,14 +103,15 @@ async def test_an_exclusive_queue_belongs_to_its_connection_and_goes_with_it(
 ) -> None:
     mine = await leveret_connection.channel()
     await mine.queue_declare("private", exclusive=True)
-    for attempt in (
+    attempts: tuple[Callable[[MemoryChannel], Awaitable[object]], ...] = (
         lambda c: c.queue_declare("private", exclusive=True),
         lambda c: c.queue_declare("private", passive=True),
         lambda c: c.consume("private", lambda d: None),
         lambda c: c.get("private"),
         lambda c: c.queue_purge("private"),
         lambda c: c.queue_delete("private"),
-    ):
+    )
+    for attempt in attempts:
         theirs = await other_connection.channel()
         with pytest.raises(ResourceLockedError, match="cannot obtain exclusive access"):
             await attempt(theirs)

@@ -91,15 +91,15 @@ async def test_requeued_messages_come_back_first_in_their_old_places_marked_rede
 ) -> None:
     await leveret_channel.queue_declare("q")
     await publish_all(leveret_channel, "q", b"0", b"1", b"2", b"3")
-    held = [await leveret_channel.get("q") for _ in range(3)]
-    assert [d.message_count for d in held if d] == [3, 2, 1]
-    held[1].nack(requeue=True)  # type: ignore[union-attr]
-    held[0].reject(requeue=True)  # type: ignore[union-attr]
+    held = [d for d in [await leveret_channel.get("q") for _ in range(3)] if d is not None]
+    assert [d.message_count for d in held] == [3, 2, 1]
+    held[1].nack(requeue=True)
+    held[0].reject(requeue=True)
     order = []
     while (delivery := await leveret_channel.get("q", no_ack=True)) is not None:
         order.append((delivery.body, delivery.redelivered))
     assert order == [(b"0", True), (b"1", True), (b"3", False)]
-    held[2].ack()  # type: ignore[union-attr]
+    held[2].ack()
 
 
 async def test_a_second_settle_raises_delivery_error_and_no_ack_deliveries_cannot_be_settled(
