@@ -17,6 +17,7 @@ from leveret.exceptions import (
     PublishNotConfirmedError,
 )
 from tests.support.rabbitmqctl import connection_pid
+from tests.support.waiting import wait_until
 
 
 async def test_connection_name_from_the_url_reaches_the_broker(amqp_url: str) -> None:
@@ -134,13 +135,12 @@ async def test_broker_forced_close_fails_pending_work_with_its_reply_text(
         capture_output=True,
     )
 
-    async def publish_until_it_fails() -> None:
-        for _ in range(200):
-            await channel.publish(b"x", routing_key=unique)
-            await asyncio.sleep(0.05)
+    async def publish() -> bool:
+        await channel.publish(b"x", routing_key=unique)
+        return False  # until a publish raises
 
     with pytest.raises((ConnectionForcedError, ChannelClosedError, PublishNotConfirmedError)):
-        await publish_until_it_fails()
+        await wait_until(publish, 10, "a publish to fail after the forced close")
     assert conn.is_closed
     assert isinstance(closed[0], ConnectionForcedError)
     assert closed[0].reply_code == 320

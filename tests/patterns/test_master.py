@@ -328,17 +328,10 @@ class _Overfetching:
         await self._channel.publish(body, **options)
 
     async def consume(
-        self,
-        queue: str,
-        callback: Callable[[Delivery], Awaitable[Any] | None],
-        *,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        prefetch_count: int | None = None,
+        self, queue: str, callback: Callable[[Delivery], Awaitable[Any] | None], **options: Any
     ) -> str:
-        return await self._channel.consume(
-            queue, callback, no_ack=no_ack, exclusive=exclusive, prefetch_count=self._prefetch
-        )
+        options["prefetch_count"] = self._prefetch
+        return await self._channel.consume(queue, callback, **options)
 
     async def cancel(self, consumer_tag: str) -> None:
         await self._channel.cancel(consumer_tag)

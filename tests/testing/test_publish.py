@@ -14,6 +14,7 @@ from leveret.exceptions import (
     PublishNotConfirmedError,
 )
 from leveret.testing import MemoryBroker, MemoryChannel, MemoryConnection
+from tests.support.waiting import wait_until
 from tests.testing.conftest import Collector
 
 
@@ -42,14 +43,13 @@ async def test_returns_go_to_the_callbacks_without_confirms_and_after_publish_re
         returned: list[ReturnedMessage] = []
         channel.return_callbacks.append(returned.append)
         await channel.publish(b"x", routing_key="nobody", mandatory=True, confirm=confirm)
-        assert returned == []  # the return arrives on a later loop turn
-        await asyncio.sleep(0)
+        assert returned == []  # the return arrives on a later loop turn ...
+        await asyncio.sleep(0)  # ... the very next one: this turn is what is tested
         assert [(r.reply_code, r.reply_text) for r in returned] == [(312, "NO_ROUTE")]
     silent = await leveret_connection.channel(publisher_confirms=False)
     with caplog.at_level(logging.WARNING, logger="leveret.testing"):
         await silent.publish(b"x", routing_key="nobody", mandatory=True)
-        await asyncio.sleep(0)
-    assert "nobody listens for it" in caplog.text
+        await wait_until(lambda: "nobody listens for it" in caplog.text, 1, "the warning")
 
 
 async def test_publishing_to_a_missing_exchange_closes_the_channel(
