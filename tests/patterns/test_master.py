@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from leveret.amqp import Channel, Connection, Delivery, QueueDeclareOk
+from leveret.amqp import Channel, Connection, Delivery
 from leveret.exceptions import (
     MessageReturnedError,
     NotFoundError,
@@ -314,27 +314,15 @@ class _Overfetching:
     def __init__(self, channel: Channel, prefetch: int) -> None:
         self._channel = channel
         self._prefetch = prefetch
-        self.close_callbacks = channel.close_callbacks
-        self.return_callbacks = channel.return_callbacks
 
-    @property
-    def is_closed(self) -> bool:
-        return self._channel.is_closed
-
-    async def queue_declare(self, queue: str = "", **options: Any) -> QueueDeclareOk:
-        return await self._channel.queue_declare(queue, **options)
-
-    async def publish(self, body: bytes, **options: Any) -> None:
-        await self._channel.publish(body, **options)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)  # the rest of the seam, unchanged
 
     async def consume(
         self, queue: str, callback: Callable[[Delivery], Awaitable[Any] | None], **options: Any
     ) -> str:
         options["prefetch_count"] = self._prefetch
         return await self._channel.consume(queue, callback, **options)
-
-    async def cancel(self, consumer_tag: str) -> None:
-        await self._channel.cancel(consumer_tag)
 
 
 async def test_worker_close_lets_running_tasks_finish_and_requeues_waiting_ones(
