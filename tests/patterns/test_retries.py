@@ -184,4 +184,4 @@ async def test_quorum_queues_cannot_be_exclusive_or_auto_delete(channel: Channel
     with pytest.raises(ConfigurationError, match="quorum queue is durable"):
         await Master(channel).create_worker("q", lambda: None, queue_type="quorum", exclusive=True)
     with pytest.raises(ConfigurationError, match="queue_type='stream'"):
-        await Master(channel).create_worker("q", lambda: None, queue_type="stream")
+        await Master(channel).create_worker("q", lambda: None, queue_type="stream")  # type: ignore[arg-type]
