@@ -29,447 +29,50 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
-import dataclasses
-import multiprocessing
 import os
 import queue as queue_module
-import statistics
+import sys
 import threading
-import time
-import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final
 
-from _common import (
-    DEFAULT_URL,
-    Phase,
-    clock,
+# python bench/patterns_bench.py: import the bench package from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._clients import DEFAULT_URL, Admin, broker_version
+from bench._measure import Phase, loadavg, locate_broker, phase_numbers, us_per
+from bench._processes import Children
+from bench._report import Column, print_rows, rate_cells
+from bench._results import (
+    REFERENCE,
+    finish,
     fmt,
     fmt_ratio,
-    loadavg,
-    locate_broker,
     machine_info,
-    median,
-    memory_status,
-    phase_numbers,
+    median_at,
+    quietest,
     ratio,
-    report_profile,
-    run_lanes,
+    read_reference,
     utc_now,
-    write_results,
 )
-
-if TYPE_CHECKING:  # imported where used, so --only needs just the one library
-    import aio_pika.abc
-    import aio_pika.patterns
-
-    import leveret
-    from leveret import patterns
+from bench._roles import (
+    Case,
+    Sync,
+    make_calls,
+    run_timeout,
+    send_tasks,
+    serve_calls,
+    serve_tasks,
+)
 
 LIBRARIES: Final = ("leveret", "aio-pika")
 SCENARIOS: Final = ("master", "rpc-sequential", "rpc-in-flight", "memory")
-#: The broker-side ceiling measured with amqplib (see that file); printed for comparison.
-REFERENCE: Final = Path(__file__).resolve().parents[2] / "shared" / "reference" / "README.md"
-#: What issue 3 ("Performance") asks of leveret; printed, never asserted.
+#: What the patterns are asked to reach; printed, never asserted.
 TARGETS: Final = (
     "master >= 15,000 tasks/s and >= 10x aio-pika; RPC sequential p50 <= 0.5 ms; "
     "RPC 64 in flight >= 8,000 calls/s and >= 10x aio-pika; "
     "worker peak RSS after 1M tasks within 20% of after 10k"
 )
-
-TaskFunc = Callable[..., Awaitable[Any]]
-#: ``create_task(name, kwargs)`` or ``call(name, kwargs)`` of either library.
-Send = Callable[[str, dict[str, Any]], Awaitable[Any]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One run: a scenario, a library and a variant of its options."""
-
-    scenario: str
-    library: str
-    variant: str
-    n: int
-    warmup: int
-    lanes: int  # producer lanes, or calls in flight (1: sequential)
-    durable: bool = False
-    prefetch: int | None = None  # None: the library's default
-    confirms: bool = True
-    checkpoints: tuple[int, ...] = ()  # memory: read RSS after this many tasks
-    profile: bool = False
-
-    @property
-    def is_master(self) -> bool:
-        return self.scenario in ("master", "memory")
-
-    @property
-    def key(self) -> str:
-        return f"{self.scenario}/{self.library}/{self.variant}"
-
-
-# -- the two libraries behind one small interface ---------------------------------------
-
-
-class PatternsClient(Protocol):
-    """What a scenario needs from a library: one robust connection with one channel,
-    and the Master/Worker and RPC calls of its patterns."""
-
-    async def start_worker(
-        self, queue: str, func: TaskFunc, durable: bool, prefetch: int | None
-    ) -> None: ...
-
-    async def task_creator(self) -> Send: ...
-
-    async def start_callee(self, queue: str, func: TaskFunc, prefetch: int | None) -> None: ...
-
-    async def rpc_caller(self) -> Send: ...
-
-    async def close(self) -> None: ...
-
-
-class LeveretPatterns:
-    def __init__(self, connection: leveret.RobustConnection, channel: leveret.Channel) -> None:
-        self._connection = connection
-        self._channel = channel
-        self._master: patterns.Master | None = None
-        self._rpc: patterns.RPC | None = None
-
-    @classmethod
-    async def open(cls, url: str, name: str, confirms: bool) -> LeveretPatterns:
-        import leveret
-
-        connection = await leveret.connect_robust(url, name=name)
-        channel = await connection.channel(publisher_confirms=confirms)
-        return cls(connection, channel)
-
-    async def start_worker(
-        self, queue: str, func: TaskFunc, durable: bool, prefetch: int | None
-    ) -> None:
-        from leveret.patterns import Master
-
-        self._master = Master(self._channel)
-        await self._master.create_worker(queue, func, durable=durable, prefetch_count=prefetch)
-
-    async def task_creator(self) -> Send:
-        from leveret.patterns import Master
-
-        self._master = Master(self._channel)
-        return self._master.create_task
-
-    async def start_callee(self, queue: str, func: TaskFunc, prefetch: int | None) -> None:
-        from leveret.patterns import RPC
-
-        self._rpc = await RPC.create(self._channel)
-        await self._rpc.register(queue, func, prefetch_count=prefetch)
-
-    async def rpc_caller(self) -> Send:
-        from leveret.patterns import RPC
-
-        self._rpc = await RPC.create(self._channel)
-        return self._rpc.call
-
-    async def close(self) -> None:
-        try:
-            if self._master is not None:
-                await self._master.close()
-            if self._rpc is not None:
-                await self._rpc.close()
-        finally:
-            await self._connection.close()
-
-
-class AioPikaPatterns:
-    def __init__(
-        self,
-        connection: aio_pika.abc.AbstractRobustConnection,
-        channel: aio_pika.abc.AbstractChannel,
-    ) -> None:
-        self._connection = connection
-        self._channel = channel
-        self._worker: aio_pika.patterns.master.Worker | None = None
-        self._rpc: aio_pika.patterns.RPC | None = None
-
-    @classmethod
-    async def open(cls, url: str, name: str, confirms: bool) -> AioPikaPatterns:
-        import aio_pika
-
-        connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
-        channel = await connection.channel(publisher_confirms=confirms)
-        return cls(connection, channel)
-
-    async def start_worker(
-        self, queue: str, func: TaskFunc, durable: bool, prefetch: int | None
-    ) -> None:
-        from aio_pika.patterns import JsonMaster
-
-        if prefetch is not None:  # by default aio-pika sends no basic.qos: no limit
-            await self._channel.set_qos(prefetch_count=prefetch)
-        master = JsonMaster(self._channel)
-        self._worker = await master.create_worker(queue, func, durable=durable)
-
-    async def task_creator(self) -> Send:
-        from aio_pika.patterns import JsonMaster
-
-        return JsonMaster(self._channel).create_task
-
-    async def start_callee(self, queue: str, func: TaskFunc, prefetch: int | None) -> None:
-        from aio_pika.patterns import JsonRPC
-
-        if prefetch is not None:
-            await self._channel.set_qos(prefetch_count=prefetch)
-        self._rpc = await JsonRPC.create(self._channel)
-        await self._rpc.register(queue, func)
-
-    async def rpc_caller(self) -> Send:
-        from aio_pika.patterns import JsonRPC
-
-        self._rpc = await JsonRPC.create(self._channel)
-        return self._rpc.call
-
-    async def close(self) -> None:
-        try:
-            if self._worker is not None:
-                await self._worker.close()
-            if self._rpc is not None:
-                await self._rpc.close()
-        finally:
-            await self._connection.close()
-
-
-async def open_client(case: Case, url: str, role: str) -> PatternsClient:
-    name = f"patterns_bench {case.library} {role}"
-    if case.library == "leveret":
-        return await LeveretPatterns.open(url, name, case.confirms)
-    if case.library == "aio-pika":
-        return await AioPikaPatterns.open(url, name, case.confirms)
-    raise ValueError(f"unknown library {case.library!r}")
-
-
-def run_timeout(case: Case) -> float:
-    """A bound so a lost message cannot hang the benchmark (not a time assertion)."""
-    return max(180.0, (case.n + case.warmup) / 100)
-
-
-# -- the child processes ----------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Sync:
-    """What the main process and its two children meet on.
-
-    ``ready``: all three are connected and the worker/callee consumes. ``go``: the
-    warm-up is over, the measured run starts (master: main + producer; RPC: all
-    three). ``warmed``: the worker has done the warm-up tasks. ``stop``: the callee
-    may stop serving.
-    """
-
-    ready: Barrier
-    go: Barrier
-    warmed: Event
-    stop: Event
-    results: multiprocessing.Queue[dict[str, Any]]
-
-
-def _child(role: str, case: Case, url: str, queue: str, sync: Sync) -> None:
-    """Entry point of a spawned child."""
-    try:
-        result = asyncio.run(ROLES[role](case, url, queue, sync))
-        result["role"] = role
-    except BaseException:
-        sync.ready.abort()
-        sync.go.abort()
-        result = {"role": role, "error": traceback.format_exc()}
-    sync.results.put(result)
-
-
-@contextlib.contextmanager
-def _profiled(case: Case, role: str) -> Iterator[cProfile.Profile | None]:
-    """A cProfile for the measured part if the case asks for one (the block enables
-    and disables it); its report when the block ends."""
-    if not case.profile:
-        yield None
-        return
-    profiler = cProfile.Profile()
-    try:
-        yield profiler
-    finally:
-        profiler.disable()
-        report_profile(case.library, f"{case.scenario}-{role}", profiler, top=25)
-
-
-@dataclasses.dataclass
-class Measured:
-    """Wall clock (``clock``) and this process's CPU time over a measured part."""
-
-    start: float = 0.0
-    end: float = 0.0
-    cpu_seconds: float = 0.0
-
-
-@contextlib.contextmanager
-def _measured(case: Case, role: str) -> Iterator[Measured]:
-    """Time the block (and profile it if the case asks)."""
-    measured = Measured()
-    with _profiled(case, role) as profiler:
-        measured.start, start_cpu = clock(), time.process_time()
-        if profiler is not None:
-            profiler.enable()
-        try:
-            yield measured
-        finally:
-            if profiler is not None:
-                profiler.disable()
-            measured.end = clock()
-            measured.cpu_seconds = time.process_time() - start_cpu
-
-
-async def serve_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
-    """The worker process: consume until warm-up + N tasks are done."""
-    loop = asyncio.get_running_loop()
-    target = case.warmup + case.n
-    done: asyncio.Future[None] = loop.create_future()
-    count = 0
-    start_cpu = start = end = end_cpu = 0.0
-    memory: dict[str, dict[str, int]] = {}
-    checkpoints = set(case.checkpoints)
-    with _profiled(case, "worker") as profiler:
-
-        def measure_from_here() -> None:
-            nonlocal start, start_cpu
-            start, start_cpu = clock(), time.process_time()
-            if profiler is not None:
-                profiler.enable()
-
-        async def task(*, task_id: int) -> None:
-            nonlocal count, end, end_cpu
-            count += 1
-            if count == case.warmup:
-                measure_from_here()
-                sync.warmed.set()
-            if count in checkpoints:
-                memory[str(count)] = memory_status()
-            if count == target:
-                end, end_cpu = clock(), time.process_time()
-                if profiler is not None:
-                    profiler.disable()
-                if not done.done():
-                    done.set_result(None)
-
-        client = await open_client(case, url, "worker")
-        try:
-            await client.start_worker(queue, task, case.durable, case.prefetch)
-            if case.warmup == 0:  # nothing is sent before everyone is ready
-                measure_from_here()
-            await asyncio.to_thread(sync.ready.wait, 120.0)
-            async with asyncio.timeout(run_timeout(case)):
-                await done
-            # Let the last acks leave before the worker is closed.
-            await asyncio.sleep(0.05)
-        finally:
-            await client.close()
-    return {
-        "start": start,
-        "end": end,
-        "cpu_seconds": end_cpu - start_cpu,
-        "tasks_done": count,
-        "memory": memory,
-    }
-
-
-async def send_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
-    """The producer process: warm up, then send N tasks over ``case.lanes`` lanes."""
-    client = await open_client(case, url, "producer")
-    try:
-        create_task = await client.task_creator()
-
-        def send(i: int) -> Awaitable[Any]:
-            return create_task(queue, {"task_id": i})
-
-        await asyncio.to_thread(sync.ready.wait, 120.0)
-        if case.warmup:
-            await run_lanes(case.warmup, case.lanes, send)
-            if not await asyncio.to_thread(sync.warmed.wait, 120.0):
-                raise RuntimeError("the worker did not finish the warm-up tasks")
-        await asyncio.to_thread(sync.go.wait, 120.0)
-        with _measured(case, "producer") as measured:
-            await run_lanes(case.n, case.lanes, lambda i: send(case.warmup + i))
-    finally:
-        await client.close()
-    return dataclasses.asdict(measured)
-
-
-async def multiply(*, x: int, y: int) -> int:
-    return x * y
-
-
-async def serve_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
-    """The callee process: serve until the main process says stop."""
-    client = await open_client(case, url, "callee")
-    try:
-        await client.start_callee(queue, multiply, case.prefetch)
-        await asyncio.to_thread(sync.ready.wait, 120.0)
-        await asyncio.to_thread(sync.go.wait, 120.0)
-        with _measured(case, "callee") as measured:
-            stopped = await asyncio.to_thread(sync.stop.wait, run_timeout(case))
-        if not stopped:
-            raise RuntimeError("the callee was not told to stop in time")
-    finally:
-        await client.close()
-    return dataclasses.asdict(measured)
-
-
-async def make_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
-    """The caller process: warm up, then N calls with ``case.lanes`` in flight."""
-    client = await open_client(case, url, "caller")
-    try:
-        call = await client.rpc_caller()
-        latencies: list[int] = []
-        now = time.perf_counter_ns
-
-        async def timed(i: int) -> None:
-            sent = now()
-            result = await call(queue, {"x": i, "y": 2})
-            latencies.append(now() - sent)
-            if result != i * 2:
-                raise RuntimeError(f"call {i} returned {result!r}")
-
-        await asyncio.to_thread(sync.ready.wait, 120.0)
-        await run_lanes(case.warmup, case.lanes, timed)
-        await asyncio.to_thread(sync.go.wait, 120.0)
-        latencies.clear()  # the warm-up's
-        with _measured(case, "caller") as measured:
-            async with asyncio.timeout(run_timeout(case)):
-                await run_lanes(case.n, case.lanes, lambda i: timed(case.warmup + i))
-    finally:
-        await client.close()
-    latencies.sort()
-    return {
-        **dataclasses.asdict(measured),
-        "latency_ms": {
-            "p50": round(_percentile(latencies, 50) / 1e6, 3),
-            "p90": round(_percentile(latencies, 90) / 1e6, 3),
-            "p99": round(_percentile(latencies, 99) / 1e6, 3),
-            "max": round(latencies[-1] / 1e6, 3),
-            "mean": round(statistics.fmean(latencies) / 1e6, 3),
-        },
-    }
-
-
-def _percentile(ordered: list[int], pct: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    index = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-ROLES: Final[dict[str, Callable[[Case, str, str, Sync], Coroutine[Any, Any, dict[str, Any]]]]] = {
-    "worker": serve_tasks,
-    "producer": send_tasks,
-    "callee": serve_calls,
-    "caller": make_calls,
-}
 
 
 # -- one run, seen from the main process --------------------------------------------------
@@ -477,25 +80,13 @@ ROLES: Final[dict[str, Callable[[Case, str, str, Sync], Coroutine[Any, Any, dict
 
 async def run_case(case: Case, url: str, round_no: int) -> dict[str, Any]:
     """Start the two children, time the measured part, collect, clean up."""
-    from leveret import amqp
-
     slug = "".join(c if c.isalnum() else "-" for c in case.variant)
     queue = f"patterns-bench.{case.library}.{case.scenario}.{slug}.{os.getpid()}.{round_no}"
-    server_role, driver_role = ("worker", "producer") if case.is_master else ("callee", "caller")
-    ctx = multiprocessing.get_context("spawn")
-    sync = Sync(
-        ready=ctx.Barrier(3),
-        go=ctx.Barrier(2 if case.is_master else 3),
-        warmed=ctx.Event(),
-        stop=ctx.Event(),
-        results=ctx.Queue(),
-    )
-    processes = {
-        role: ctx.Process(
-            target=_child, args=(role, case, url, queue, sync), name=f"patterns-bench-{role}"
-        )
-        for role in (server_role, driver_role)
-    }
+    if case.is_master:
+        server_role, driver_role, server, driver = "worker", "producer", serve_tasks, send_tasks
+    else:
+        server_role, driver_role, server, driver = "callee", "caller", serve_calls, make_calls
+    sync = Sync.create(ready=3, go=2 if case.is_master else 3)
     # What the run declares: the task or method queue, and leveret's dead-letter
     # queue beside a worker's queue (it stays empty unless a task fails).
     queues = [queue]
@@ -506,64 +97,41 @@ async def run_case(case: Case, url: str, round_no: int) -> dict[str, Any]:
         dead_letter_queue = getattr(patterns, "dead_letter_queue", None)
         if dead_letter_queue is not None:
             queues.append(dead_letter_queue(queue))
-    admin = await amqp.connect(url, name="patterns_bench admin")
+    admin = await Admin.open(url, "patterns_bench admin")
     left: dict[str, int] | None = None
-    by_role: dict[str, dict[str, Any]] = {}
-
-    async def delete_queues() -> dict[str, int]:
-        channel = await admin.channel()
-        try:
-            return {name: await channel.queue_delete(name) for name in queues}
-        finally:
-            await channel.close()
-
-    async def collect(count: int, timeout: float) -> None:
-        for _ in range(count):
-            result = await asyncio.to_thread(sync.results.get, True, timeout)
-            by_role[result["role"]] = result
-
     try:
-        for process in processes.values():
-            process.start()
-        load_before = loadavg()
-        try:
-            await asyncio.to_thread(sync.ready.wait, 180.0)
-            await asyncio.to_thread(sync.go.wait, run_timeout(case))
-            machine = Phase()
-            if case.is_master:
-                await collect(2, run_timeout(case) + 60.0)
-            else:
-                await collect(1, run_timeout(case) + 60.0)
-            machine.stop()
-            sync.stop.set()
-            if not case.is_master:
-                await collect(1, 60.0)
-        except (threading.BrokenBarrierError, queue_module.Empty) as exc:
-            with contextlib.suppress(queue_module.Empty):
-                await collect(2 - len(by_role), 10.0)
-            errors = {role: r.get("error") for role, r in by_role.items() if "error" in r}
-            raise RuntimeError(f"{case.key} failed: {errors or exc!r}") from None
-        errors = {role: r["error"] for role, r in by_role.items() if "error" in r}
-        if errors:
-            raise RuntimeError(f"{case.key} failed: {errors}")
-        for process in processes.values():  # closed their connections and exit
-            await asyncio.to_thread(process.join, 30.0)
-        left = await delete_queues()
+        async with Children() as children:
+            for role, main in ((server_role, server), (driver_role, driver)):
+                children.start(role, main, (case, url, queue, sync), sync.barriers)
+            load_before = loadavg()
+            try:
+                await asyncio.to_thread(sync.ready.wait, 180.0)
+                await asyncio.to_thread(sync.go.wait, run_timeout(case))
+                machine = Phase()
+                await children.collect(2 if case.is_master else 1, run_timeout(case) + 60.0)
+                machine.stop()
+                sync.stop.set()
+                if not case.is_master:
+                    await children.collect(1, 60.0)
+            except (threading.BrokenBarrierError, queue_module.Empty) as exc:
+                await children.collect_after_failure()
+                raise RuntimeError(f"{case.key} failed: {children.errors() or exc!r}") from None
+            finally:
+                sync.stop.set()
+            if children.errors():
+                raise RuntimeError(f"{case.key} failed: {children.errors()}")
+        # the children have closed their connections and exited
+        left = await admin.delete(queues)
+        by_role = children.by_role
         return summarize_run(case, by_role[server_role], by_role[driver_role], machine) | {
             "left_in_queues": left,
             "load_before": load_before,
             "load_after": loadavg(),
         }
     finally:
-        sync.stop.set()
-        for process in processes.values():
-            await asyncio.to_thread(process.join, 30.0)
-            if process.is_alive():
-                process.terminate()  # our own child, by its handle
-                await asyncio.to_thread(process.join, 5.0)
         if left is None:  # the run failed: clean up what may be there
             with contextlib.suppress(Exception):
-                await delete_queues()
+                await admin.delete(queues)
         await admin.close()
 
 
@@ -574,8 +142,8 @@ def summarize_run(
     client_cpu = server["cpu_seconds"] + driver["cpu_seconds"]
     result: dict[str, Any] = {
         "machine": phase_numbers(n, machine, client_cpu_seconds=client_cpu),
-        "driver_cpu_us_per_msg": round(1e6 * driver["cpu_seconds"] / n, 1),
-        "server_cpu_us_per_msg": round(1e6 * server["cpu_seconds"] / n, 1),
+        "driver_cpu_us_per_msg": us_per(driver["cpu_seconds"], n),
+        "server_cpu_us_per_msg": us_per(server["cpu_seconds"], n),
     }
     driver_seconds = driver["end"] - driver["start"]
     if case.is_master:
@@ -684,18 +252,14 @@ def plan(args: argparse.Namespace) -> dict[str, list[Case]]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from leveret import amqp
-
     broker_pid = locate_broker(args.url)
-    probe = await amqp.connect(args.url, name="patterns_bench probe")
-    version = probe.server_properties.get("version", "?")
-    await probe.close()
+    version = await broker_version(args.url)
     from leveret.patterns import DEFAULT_PREFETCH
 
     report: dict[str, Any] = {
         "started": utc_now(),
         "machine": machine_info(("leveret", "aio-pika", "aiormq", "pamqp")),
-        "broker_version": version.decode() if isinstance(version, bytes) else str(version),
+        "broker_version": version,
         "url": args.url.split("@")[-1],  # no credentials in the results
         "tasks": args.tasks,
         "calls": args.calls,
@@ -760,36 +324,21 @@ def describe(result: dict[str, Any]) -> str:
 
 def summarize_case(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds."""
-
-    def of(*path: str) -> float | None:
-        values: list[float | None] = []
-        for run_result in rounds:
-            value: Any = run_result
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
-            values.append(value)
-        return median(values)
-
     summary: dict[str, Any] = {
-        "per_s": of("per_s"),
-        "producer_confirmed_per_s": of("producer_confirmed_per_s"),
-        "p50_ms": of("latency_ms", "p50"),
-        "p99_ms": of("latency_ms", "p99"),
-        "driver_cpu_us_per_msg": of("driver_cpu_us_per_msg"),
-        "server_cpu_us_per_msg": of("server_cpu_us_per_msg"),
-        "broker_cpu_us_per_msg": of("machine", "broker_cpu_us_per_msg"),
-        "other_load_cores": of("machine", "other_load_cores"),
+        "per_s": median_at(rounds, "per_s"),
+        "producer_confirmed_per_s": median_at(rounds, "producer_confirmed_per_s"),
+        "p50_ms": median_at(rounds, "latency_ms", "p50"),
+        "p99_ms": median_at(rounds, "latency_ms", "p99"),
+        "driver_cpu_us_per_msg": median_at(rounds, "driver_cpu_us_per_msg"),
+        "server_cpu_us_per_msg": median_at(rounds, "server_cpu_us_per_msg"),
+        "broker_cpu_us_per_msg": median_at(rounds, "machine", "broker_cpu_us_per_msg"),
+        "other_load_cores": median_at(rounds, "machine", "other_load_cores"),
     }
-    loaded = [
-        (run_result["machine"]["other_load_cores"], index)
-        for index, run_result in enumerate(rounds)
-        if run_result["machine"].get("other_load_cores") is not None
-    ]
-    if loaded:  # the round with the least other load: the least noisy numbers
-        load, index = min(loaded)
+    index = quietest(rounds, "machine", "other_load_cores")
+    if index is not None:  # the round with the least other load: the least noisy numbers
         summary["quietest_round"] = {
             "round": index + 1,
-            "other_load_cores": load,
+            "other_load_cores": rounds[index]["machine"]["other_load_cores"],
             "per_s": rounds[index]["per_s"],
             "producer_confirmed_per_s": rounds[index].get("producer_confirmed_per_s"),
         }
@@ -837,14 +386,19 @@ def pair_ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- report -------------------------------------------------------------------------------
 
 
-def read_reference() -> str | None:
-    """The broker-ceiling paragraph of the shared reference README, if it is there."""
-    try:
-        text = REFERENCE.read_text()
-    except OSError:
-        return None
-    start = text.find("Seen on")
-    return " ".join(text[start:].split()) if start >= 0 else None
+COLUMNS: Final = (
+    Column("scenario", 15, "<"),
+    Column("library", 9, "<"),
+    Column("variant", 28, "<"),
+    Column("rate/s", 9),
+    Column("producer/s", 11),
+    Column("p50 ms", 8),
+    Column("p99 ms", 8),
+    Column("drv cpu", 9),
+    Column("srv cpu", 9),
+    Column("brk cpu", 9),
+    Column("other", 7),
+)
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -861,32 +415,33 @@ def print_table(report: dict[str, Any]) -> None:
         "worker/callee and the broker; other load = cores busy with neither this benchmark "
         "nor the broker)"
     )
-    header = (
-        f"{'scenario':<15}{'library':<9}{'variant':<28}{'rate/s':>9}{'producer/s':>11}"
-        f"{'p50 ms':>8}{'p99 ms':>8}{'drv cpu':>9}{'srv cpu':>9}{'brk cpu':>9}{'other':>7}"
-    )
-    print(header)
-    print("-" * len(header))
+    rows: list[list[str]] = []
     for scenario in report["scenarios"]:
         if scenario["name"] == "memory":
             continue
         for case in scenario["cases"]:
             row = case["summary"]
-            print(
-                f"{scenario['name']:<15}{case['library']:<9}{case['variant']:<28}"
-                f"{fmt(row['per_s']):>9}{fmt(row['producer_confirmed_per_s']):>11}"
-                f"{fmt(row['p50_ms'], 3):>8}{fmt(row['p99_ms'], 3):>8}"
-                f"{fmt(row['driver_cpu_us_per_msg'], 1):>9}"
-                f"{fmt(row['server_cpu_us_per_msg'], 1):>9}"
-                f"{fmt(row['broker_cpu_us_per_msg'], 1):>9}"
-                f"{fmt(row['other_load_cores'], 2):>7}"
+            rows.append(
+                [
+                    scenario["name"],
+                    case["library"],
+                    case["variant"],
+                    *rate_cells(row, "producer_confirmed_per_s"),
+                    fmt(row["other_load_cores"], 2),
+                ]
             )
         for pair in scenario["ratios"]:
             label = pair["leveret"].split(",")[0] + " / aio-pika"
-            print(
-                f"{scenario['name']:<15}{'ratio':<9}{label:<28}{fmt_ratio(pair['per_s']):>9}"
-                f"{fmt_ratio(pair['producer_confirmed_per_s']):>11}"
+            rows.append(
+                [
+                    scenario["name"],
+                    "ratio",
+                    label,
+                    fmt_ratio(pair["per_s"]),
+                    fmt_ratio(pair["producer_confirmed_per_s"]),
+                ]
             )
+    print_rows(COLUMNS, rows)
     if report["rounds"] > 1:
         print("\nquietest round of each (least other load; the least noisy numbers):")
         for scenario in report["scenarios"]:
@@ -902,7 +457,7 @@ def print_table(report: dict[str, Any]) -> None:
     print_memory(report)
     print("\nbroker ceiling (../shared/reference/README.md):")
     print(f"  {report['reference'] or f'(not found at {REFERENCE})'}")
-    print(f"issue 3 targets (not asserted): {report['targets']}")
+    print(f"targets (not asserted): {report['targets']}")
     print()
 
 
@@ -1006,10 +561,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     report = asyncio.run(run(args))
-    path = None if args.no_save else write_results("patterns", report)
-    print_table(report)
-    if path is not None:
-        print(f"results: {path} (and {path.with_name('patterns-latest.json')})")
+    finish("patterns", report, save=not args.no_save, show=print_table)
 
 
 if __name__ == "__main__":

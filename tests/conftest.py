@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from leveret.amqp import Channel, Connection, connect
+from tests.support.brokers import remove_nodes_root_if_empty
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -105,6 +106,7 @@ async def queue(connection: Connection, unique: str) -> AsyncIterator[str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    remove_nodes_root_if_empty()
     gc.collect()
     if _leaks.leaks:
         print(f"\nasyncio reported leaks after the last test: {_leaks.leaks}")

@@ -59,7 +59,9 @@ def _free_port() -> int:
 
 
 def _scrape(port: int) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
 
 
 def _client_app(env: dict[str, str]) -> App:
@@ -70,7 +72,8 @@ def _client_app(env: dict[str, str]) -> App:
     async def record(*, n: int) -> None: ...
 
     @app.rpc()
-    def multiply(*, x: int, y: int) -> int: ...
+    def multiply(*, x: int, y: int) -> int:
+        raise AssertionError("the served processes run it, never the client")
 
     return app
 
@@ -154,12 +157,12 @@ async def test_leveret_run_serves_an_app_in_several_processes_and_stops_on_sigte
     )
     client = _client_app(env)
     queue = f"{env['APP_PREFIX']}.record"
+
+    async def both_consume() -> bool:
+        return await _consumers(queue) == 2
+
     try:
-        for _ in range(200):
-            if await _consumers(queue) == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert await _consumers(queue) == 2
+        await wait_until(both_consume, 10, "both processes to consume")
         async with client:
             for n in range(100):
                 await client.tasks[queue].send(n=n)

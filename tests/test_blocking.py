@@ -14,6 +14,7 @@ from leveret.blocking import BlockingClient
 from leveret.exceptions import ConnectError, ConnectionClosedError, UnroutableError
 from leveret.patterns import RPC, Master
 from tests.conftest import AMQP_URL
+from tests.support.waiting import wait_until
 
 
 class Server:
@@ -73,11 +74,7 @@ def test_tasks_and_calls_from_plain_code(server: Server) -> None:
         for n in range(20):
             client.create_task(f"{server.prefix}.task", {"n": n})
         assert client.call(f"{server.prefix}.divide", {"a": 1, "b": 4}) == 0.25
-    deadline = threading.Event()
-    for _ in range(100):
-        if len(server.done) == 20:
-            break
-        deadline.wait(0.05)
+    asyncio.run(wait_until(lambda: len(server.done) == 20, 5, "the twenty tasks"))
     assert sorted(server.done) == list(range(20))
 
 

@@ -23,3 +23,18 @@ def test_all_lists_every_public_name_the_facade_imports(package: str) -> None:
         and getattr(value, "__module__", "").startswith("leveret")
     }
     assert imported <= exported, f"{package} imports but does not export {imported - exported}"
+
+
+def test_every_public_exception_lives_in_the_exceptions_module_and_its_tree() -> None:
+    import leveret.exceptions
+    import leveret.patterns
+
+    tree = leveret.exceptions.__doc__ or ""
+    for package in (leveret, leveret.patterns):
+        for name in package.__all__:
+            value = getattr(package, name)
+            if isinstance(value, type) and issubclass(value, BaseException):
+                assert value.__module__ == "leveret.exceptions", f"{name} is defined elsewhere"
+                assert name in tree, f"{name} is not drawn in leveret.exceptions' docstring"
+    assert issubclass(leveret.exceptions.UnroutableError, leveret.exceptions.PublishError)
+    assert issubclass(leveret.exceptions.UnroutableError, leveret.exceptions.MessageReturnedError)

@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
-from .amqp import DEFAULT_URL, Delivery, parse_urls
+from .amqp import DEFAULT_URL, parse_urls
 from .exceptions import ConfigurationError
-from .patterns import PatternChannel
+from .patterns import GetChannel
 
 _MASK = "******"
 
 
-class ChannelLike(PatternChannel, Protocol):
+class ChannelLike(GetChannel, Protocol):
     """A channel of either broker: the pattern seam, ``basic.get``, and its own life."""
 
     @property
@@ -33,9 +33,6 @@ class ChannelLike(PatternChannel, Protocol):
     @property
     def connection(self) -> ConnectionLike:
         """The connection the channel belongs to."""
-
-    async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
-        """Fetch one message with ``basic.get``; ``None`` if the queue is empty."""
 
     async def close(self) -> None:
         """Close the channel (idempotent)."""

@@ -28,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from ._connect import ConnectionLike, connect_robust
 from .amqp import DEFAULT_URL
 from .exceptions import ConfigurationError
-from .patterns import RPC, Master, RetryPolicy
+from .patterns import RPC, Master, Observer, Observers, RetryPolicy
 from .serializers import Serializer
 
 P = ParamSpec("P")
@@ -118,7 +118,8 @@ class App:
     ``url`` defaults to ``$AMQP_URL``, else ``amqp://guest:guest@localhost/``.
     ``prefix`` is put before every name (``prefix.name``). Client-side use
     connects lazily on the first ``send`` or call; ``async with app`` (or
-    :meth:`close`) closes that connection.
+    :meth:`close`) closes that connection. ``observers`` see the app's tasks and
+    calls (by default the process-wide ones; see :class:`~leveret.patterns.Observers`).
     """
 
     def __init__(
@@ -129,8 +130,10 @@ class App:
         prefix: str = "",
         serializer: str | Serializer | None = None,
         timeout: float | None = 30.0,
+        observers: Observers | Iterable[Observer] | None = None,
     ) -> None:
         self.url = url or os.environ.get("AMQP_URL", DEFAULT_URL)
+        self.observers = Observers.of(observers)
         self.name = name
         self.prefix = prefix
         self.serializer = serializer
@@ -226,7 +229,11 @@ class App:
         async with self._lock:
             if self._client_master is None:
                 connection = await self._connect()
-                self._client_master = Master(await connection.channel(), serializer=self.serializer)
+                self._client_master = Master(
+                    await connection.channel(),
+                    serializer=self.serializer,
+                    observers=self.observers,
+                )
             return self._client_master
 
     async def _rpc(self) -> RPC:
@@ -235,7 +242,10 @@ class App:
                 connection = await self._connect()
                 channel = await connection.channel(publisher_confirms=False)
                 self._client_rpc = await RPC.create(
-                    channel, timeout=self.timeout, serializer=self.serializer
+                    channel,
+                    timeout=self.timeout,
+                    serializer=self.serializer,
+                    observers=self.observers,
                 )
             return self._client_rpc
 
@@ -261,7 +271,9 @@ class App:
 
         Returns the :class:`Master` and :class:`RPC` that own them (close both to stop).
         """
-        master = Master(await connection.channel(), serializer=self.serializer)
+        master = Master(
+            await connection.channel(), serializer=self.serializer, observers=self.observers
+        )
         for handle in self.tasks.values():
             options = dict(handle.options)
             if prefetch_count is not None:
@@ -271,6 +283,7 @@ class App:
             await connection.channel(publisher_confirms=False),
             timeout=self.timeout,
             serializer=self.serializer,
+            observers=self.observers,
         )
         for method in self.rpcs.values():
             options = dict(method.options)

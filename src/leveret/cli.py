@@ -247,7 +247,7 @@ def _serve(
     if metrics_port is not None:
         from .metrics import enable_metrics
 
-        enable_metrics(metrics_port)
+        enable_metrics(metrics_port, observers=app.observers)
 
     async def main() -> None:
         async with await connect_robust(url, name=f"{app.name} worker") as connection:

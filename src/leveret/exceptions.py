@@ -26,8 +26,12 @@
     └── PatternError                  Master/Worker and RPC (see leveret.patterns)
         ├── SerializationError        a payload that does not encode or decode
         ├── UnroutableError           no queue takes that task or method name
+        │                             (also a MessageReturnedError, so a PublishError)
         ├── CallInterruptedError      an RPC call's reply path closed first
-        ├── MessageProcessingError    NackMessage, RejectMessage (leveret.patterns)
+        ├── CallRedeliveredError      a call redelivered too often to run again
+        ├── MessageProcessingError    raised by a task function to settle its task
+        │   ├── NackMessage
+        │   └── RejectMessage
         └── RemoteError               an exception raised by an RPC callee
 
 Broker errors come from a single table of reply codes (:data:`REPLY_CODES`);
@@ -283,21 +287,50 @@ class SerializationError(PatternError):
     """A payload could not be encoded, or a body could not be decoded."""
 
 
-class UnroutableError(PatternError):
+class UnroutableError(MessageReturnedError, PatternError):
     """A task or call that no queue takes: nothing consumes that name.
 
+    A :class:`MessageReturnedError` too, so ``except PublishError`` around
+    ``create_task`` catches it.
+
     Attributes:
-        returned: the :class:`~leveret.amqp.ReturnedMessage` the broker sent back.
+        message: the :class:`~leveret.amqp.ReturnedMessage` the broker sent back.
+        returned: the same (its older name).
     """
 
-    def __init__(self, message: str, returned: ReturnedMessage) -> None:
-        super().__init__(message)
-        self.returned = returned
+    def __init__(self, text: str, returned: ReturnedMessage) -> None:
+        LeveretError.__init__(self, text)
+        self.message = returned
+
+    @property
+    def returned(self) -> ReturnedMessage:
+        return self.message
 
 
 class CallInterruptedError(PatternError):
     """An RPC call lost its reply path (channel closed, RPC closed) before the
     reply arrived; the callee may or may not have run it."""
+
+
+class CallRedeliveredError(PatternError, RuntimeError):
+    """What the caller of a call gets when the call was redelivered too often (it
+    may crash its callee) to be run again."""
+
+
+class MessageProcessingError(PatternError):
+    """Raised by a task function to settle its task in a particular way."""
+
+    def __init__(self, requeue: bool = False) -> None:
+        self.requeue = requeue
+        super().__init__(f"{type(self).__name__}(requeue={requeue})")
+
+
+class NackMessage(MessageProcessingError):
+    """Raise in a task function to ``basic.nack`` the task (``requeue`` as asked)."""
+
+
+class RejectMessage(MessageProcessingError):
+    """Raise in a task function to ``basic.reject`` the task (``requeue`` as asked)."""
 
 
 class RemoteError(PatternError):

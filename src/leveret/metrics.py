@@ -28,17 +28,13 @@ from prometheus_client import start_http_server as _start_http_server
 
 from .amqp import Delivery
 from .exceptions import RemoteError
-from .patterns import _observe
+from .patterns import Kind, Observer, Observers, Outcome, default_observers
 
-_TASK_OUTCOMES = {
-    _observe.SUCCEEDED: "succeeded",
-    _observe.FAILED: "failed",
-    _observe.RETRIED: "retried",
-    _observe.DEAD_LETTERED: "dead_lettered",
-}
+#: The task outcomes counted, each into ``tasks_<outcome>_total``.
+_TASK_OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "retried", "dead_lettered")
 
 
-class PrometheusObserver(_observe.Observer):
+class PrometheusObserver(Observer):
     """Counts tasks and calls into a Prometheus registry."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -48,9 +44,9 @@ class PrometheusObserver(_observe.Observer):
             return Counter(name, text, labels, namespace="leveret", registry=registry)
 
         self.received = counter("tasks_received", "Tasks received by workers.", ["task"])
-        self.outcomes = {
-            outcome: counter(f"tasks_{label}", f"Tasks {label.replace('_', ' ')}.", ["task"])
-            for outcome, label in _TASK_OUTCOMES.items()
+        self.outcomes: dict[str, Counter] = {
+            outcome: counter(f"tasks_{outcome}", f"Tasks {outcome.replace('_', ' ')}.", ["task"])
+            for outcome in _TASK_OUTCOMES
         }
         self.in_flight = Gauge(
             "tasks_in_flight",
@@ -86,14 +82,14 @@ class PrometheusObserver(_observe.Observer):
             registry=registry,
         )
 
-    def on_start(self, kind: str, name: str, delivery: Delivery) -> Any:
+    def on_start(self, kind: Kind, name: str, delivery: Delivery) -> Any:
         if kind == "task":
             self.received.labels(name).inc()
             self.in_flight.labels(name).inc()
         return time.perf_counter()
 
     def on_finish(
-        self, kind: str, name: str, token: Any, outcome: str, error: BaseException | None
+        self, kind: Kind, name: str, token: Any, outcome: Outcome, error: BaseException | None
     ) -> None:
         seconds = time.perf_counter() - token
         if kind == "task":
@@ -115,19 +111,29 @@ class PrometheusObserver(_observe.Observer):
 
 
 def enable_metrics(
-    port: int | None = None, *, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY
+    port: int | None = None,
+    *,
+    addr: str = "0.0.0.0",
+    registry: CollectorRegistry = REGISTRY,
+    observers: Observers = default_observers,
 ) -> PrometheusObserver:
-    """Count this process's tasks and calls; with ``port``, serve them over HTTP."""
+    """Count tasks and calls; with ``port``, serve them over HTTP.
+
+    ``observers`` are those of one Master, RPC or App; by default the
+    process-wide ones, so every task and call of the process is counted.
+    """
     observer = PrometheusObserver(registry)
-    _observe.add_observer(observer)
+    observers.add(observer)
     if port is not None:
         observer.server, _ = _start_http_server(port, addr=addr, registry=registry)
     return observer
 
 
-def disable_metrics(observer: PrometheusObserver) -> None:
+def disable_metrics(
+    observer: PrometheusObserver, *, observers: Observers = default_observers
+) -> None:
     """Stop counting and stop serving (the metrics stay registered)."""
-    _observe.remove_observer(observer)
+    observers.remove(observer)
     if observer.server is not None:
         observer.server.shutdown()
         observer.server.server_close()

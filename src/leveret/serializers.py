@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import pickle
+import zlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .exceptions import ConfigurationError, SerializationError
 
 JSON = "application/json"
+#: gzip-compressed JSON, as aio-pika's ``CompressedJsonMaster`` writes it.
+COMPRESSED_JSON = "application/json;compression=gzip"
 MSGPACK = "application/msgpack"
 PICKLE = "application/python-pickle"
 
@@ -33,10 +37,20 @@ class Serializer:
 
 
 class JSONSerializer(Serializer):
-    """UTF-8 JSON, compact, non-ASCII kept as is (as aio-pika's JsonMaster writes it)."""
+    """UTF-8 JSON, compact, non-ASCII kept as is (as aio-pika's JsonMaster writes it).
+
+    ``default`` is called for objects JSON cannot encode (aio-pika's ``JsonRPC``
+    passes ``repr``); without it they raise :class:`SerializationError`.
+    """
 
     content_type = JSON
     _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+    def __init__(self, *, default: Callable[[Any], Any] | None = None) -> None:
+        if default is not None:
+            self._encoder = json.JSONEncoder(
+                ensure_ascii=False, separators=(",", ":"), default=default
+            )
 
     def dumps(self, data: Any) -> bytes:
         try:
@@ -50,6 +64,71 @@ class JSONSerializer(Serializer):
         except UnicodeDecodeError:
             return json.loads(data)  # UTF-16/32 JSON, or not JSON at all: let json say
         return json.loads(text)
+
+
+class CompressedJSONSerializer(JSONSerializer):
+    """gzip-compressed UTF-8 JSON (``application/json;compression=gzip``), wire-compatible
+    with aio-pika's ``CompressedJsonMaster``.
+
+    A body that would inflate past ``max_size`` bytes is refused rather than
+    inflated: a few kilobytes of gzip can otherwise claim gigabytes of memory.
+    """
+
+    content_type = COMPRESSED_JSON
+    #: RabbitMQ's default ``max_message_size``; nothing larger can have been sent plain.
+    MAX_SIZE = 128 * 1024 * 1024
+
+    def __init__(self, *, level: int = 6, max_size: int = MAX_SIZE) -> None:
+        super().__init__()
+        if not 0 <= level <= 9:
+            raise ConfigurationError(f"compression level {level} is outside 0..9")
+        self.level = level
+        self.max_size = max_size
+
+    def dumps(self, data: Any) -> bytes:
+        # wbits=31: a gzip member with header and trailer, as gzip.compress() writes.
+        compressor = zlib.compressobj(self.level, zlib.DEFLATED, 31)
+        return compressor.compress(super().dumps(data)) + compressor.flush()
+
+    def loads(self, data: bytes) -> Any:
+        inflater = zlib.decompressobj(47)  # 32 + 15: gzip or zlib, detected from the header
+        try:
+            plain = inflater.decompress(data, self.max_size)
+        except zlib.error as exc:
+            raise SerializationError(f"body is not gzip: {exc}") from None
+        if inflater.unconsumed_tail:
+            raise SerializationError(
+                f"body inflates past {self.max_size} bytes; refused (raise max_size to accept it)"
+            )
+        return super().loads(plain)
+
+
+class ModuleSerializer(Serializer):
+    """A serializer from any object with ``dumps``/``loads`` (``json``, ``msgpack``, ``orjson``,
+    ...), for subclasses that set ``SERIALIZER`` as with aio-pika. ``dumps`` may return
+    ``str`` (encoded as UTF-8) or bytes.
+    """
+
+    def __init__(self, module: Any, content_type: str) -> None:
+        if not (
+            callable(getattr(module, "dumps", None)) and callable(getattr(module, "loads", None))
+        ):
+            raise ConfigurationError(
+                f"SERIALIZER {module!r} has no dumps() and loads(): set a module such as json "
+                "or msgpack, or override serialize() and deserialize()"
+            )
+        self.module = module
+        self.content_type = content_type  # type: ignore[misc]  # per instance here
+
+    def dumps(self, data: Any) -> bytes:
+        try:
+            result = self.module.dumps(data)
+        except Exception as exc:
+            raise SerializationError(f"cannot encode as {self.content_type}: {exc}") from None
+        return result.encode() if isinstance(result, str) else bytes(result)
+
+    def loads(self, data: bytes) -> Any:
+        return self.module.loads(data)
 
 
 class MsgpackSerializer(Serializer):
@@ -98,7 +177,9 @@ def media_type(content_type: str | None) -> str | None:
     Media types are case-insensitive and a ``charset=utf-8`` parameter changes
     nothing for these formats: ``"Application/JSON; charset=UTF-8"`` is
     ``"application/json"``. Any other parameter (``compression=gzip``) names a
-    different encoding and is kept, so it does not match.
+    different encoding and is kept, spaces removed, so it does not match the
+    bare type: ``"application/json; compression=gzip"`` is
+    ``"application/json;compression=gzip"``.
     """
     if content_type is None:
         return None
@@ -106,16 +187,17 @@ def media_type(content_type: str | None) -> str | None:
     normalized = base.strip().lower()
     for parameter in parameters.split(";"):
         name, _, value = parameter.strip().partition("=")
-        if parameter.strip() and not (
-            name.strip().lower() == "charset" and value.strip().strip('"').lower() == "utf-8"
-        ):
-            return content_type.strip().lower()
+        name, value = name.strip().lower(), value.strip().strip('"').lower()
+        if name and not (name == "charset" and value == "utf-8"):
+            normalized += f";{name}={value}"
     return normalized
 
 
 _BY_NAME: dict[str, type[Serializer]] = {
     "json": JSONSerializer,
     JSON: JSONSerializer,
+    "compressed-json": CompressedJSONSerializer,
+    COMPRESSED_JSON: CompressedJSONSerializer,
     "msgpack": MsgpackSerializer,
     MSGPACK: MsgpackSerializer,
     "pickle": PickleSerializer,
@@ -124,27 +206,31 @@ _BY_NAME: dict[str, type[Serializer]] = {
 
 
 def get_serializer(which: str | Serializer) -> Serializer:
-    """A serializer by name (``"json"``, ``"msgpack"``, ``"pickle"``), by content type,
-    or the given instance itself.
+    """A serializer by name (``"json"``, ``"compressed-json"``, ``"msgpack"``, ``"pickle"``),
+    by content type, or the given instance itself.
 
     Raises:
         ConfigurationError: unknown name, or msgpack is not installed.
     """
     if isinstance(which, Serializer):
         return which
-    cls = _BY_NAME.get(which)
+    cls = _BY_NAME.get(media_type(which) or "") or _BY_NAME.get(which)
     if cls is None:
         raise ConfigurationError(
-            f"no serializer for {which!r}: use 'json', 'msgpack', 'pickle' or a Serializer"
+            f"no serializer for {which!r}: use 'json', 'compressed-json', 'msgpack', 'pickle' "
+            "or a Serializer"
         )
     return cls()
 
 
 __all__ = [
+    "COMPRESSED_JSON",
     "JSON",
     "MSGPACK",
     "PICKLE",
+    "CompressedJSONSerializer",
     "JSONSerializer",
+    "ModuleSerializer",
     "MsgpackSerializer",
     "PickleSerializer",
     "Serializer",

@@ -21,19 +21,19 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from . import __version__
 from .amqp import Delivery
-from .patterns import _observe
+from .patterns import Kind, Observer, Observers, Outcome, default_observers
 
 
-class TracingObserver(_observe.Observer):
+class TracingObserver(Observer):
     """Carries trace context through message headers and spans each handling."""
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self.tracer = trace.get_tracer("leveret", __version__, tracer_provider)
 
-    def on_send(self, kind: str, name: str, headers: dict[str, Any]) -> None:
+    def on_send(self, kind: Kind, name: str, headers: dict[str, Any]) -> None:
         propagate.inject(headers)
 
-    def on_start(self, kind: str, name: str, delivery: Delivery) -> Any:
+    def on_start(self, kind: Kind, name: str, delivery: Delivery) -> Any:
         parent = propagate.extract(delivery.properties.headers or {})
         span = self.tracer.start_span(
             f"{kind} {name}",
@@ -49,7 +49,7 @@ class TracingObserver(_observe.Observer):
         return span, context.attach(trace.set_span_in_context(span))
 
     def on_finish(
-        self, kind: str, name: str, token: Any, outcome: str, error: BaseException | None
+        self, kind: Kind, name: str, token: Any, outcome: Outcome, error: BaseException | None
     ) -> None:
         span, attached = token
         span.set_attribute("leveret.outcome", outcome)
@@ -60,15 +60,18 @@ class TracingObserver(_observe.Observer):
         span.end()
 
 
-def enable_tracing(tracer_provider: TracerProvider | None = None) -> TracingObserver:
-    """Trace this process's tasks and calls (see the module docstring)."""
+def enable_tracing(
+    tracer_provider: TracerProvider | None = None, *, observers: Observers = default_observers
+) -> TracingObserver:
+    """Trace tasks and calls (see the module docstring): those of ``observers`` (one
+    Master, RPC or App), by default every one of the process."""
     observer = TracingObserver(tracer_provider)
-    _observe.add_observer(observer)
+    observers.add(observer)
     return observer
 
 
-def disable_tracing(observer: TracingObserver) -> None:
-    _observe.remove_observer(observer)
+def disable_tracing(observer: TracingObserver, *, observers: Observers = default_observers) -> None:
+    observers.remove(observer)
 
 
 __all__ = ["TracingObserver", "disable_tracing", "enable_tracing"]

@@ -15,6 +15,7 @@ from leveret.exceptions import (
     PublishNackedError,
     ResourceLockedError,
 )
+from tests.support.waiting import wait_until
 
 
 async def test_publish_returns_after_confirm_and_message_is_in_the_queue(
@@ -112,6 +113,18 @@ async def test_every_property_survives_the_broker(channel: Channel, queue: str) 
     assert (delivery.exchange, delivery.routing_key, delivery.redelivered) == ("", queue, False)
 
 
+async def test_delivery_headers_are_an_empty_mapping_when_the_message_has_none(
+    channel: Channel, queue: str
+) -> None:
+    await channel.publish(b"plain", routing_key=queue)
+    await channel.publish(b"with", routing_key=queue, headers={"a": 1})
+    plain = await channel.get(queue, no_ack=True)
+    with_headers = await channel.get(queue, no_ack=True)
+    assert plain is not None and plain.properties.headers is None
+    assert plain.headers == {} and plain.headers.get("a") is None
+    assert with_headers is not None and with_headers.headers == {"a": 1}
+
+
 async def test_exchanges_route_and_bindings_can_be_removed(channel: Channel, unique: str) -> None:
     topic, fanout = unique + ".topic", unique + ".fanout"
     await channel.exchange_declare(topic, "topic")
@@ -194,14 +207,13 @@ async def test_channel_without_confirms_publishes_without_waiting(
     channel = await connection.channel(publisher_confirms=False)
     for i in range(100):
         await channel.publish(b"%d" % i, routing_key=queue)
-    await asyncio.sleep(0)
     confirmed = await connection.channel()
     await confirmed.publish(b"last", routing_key=queue)
-    for _ in range(50):
-        if (await confirmed.queue_declare(queue, passive=True)).message_count == 101:
-            break
-        await asyncio.sleep(0.02)
-    assert (await confirmed.queue_declare(queue, passive=True)).message_count == 101
+
+    async def all_there() -> bool:
+        return (await confirmed.queue_declare(queue, passive=True)).message_count == 101
+
+    await wait_until(all_there, 5, "the 100 unconfirmed messages and the confirmed one")
 
 
 async def test_closing_a_channel_leaves_the_connection_usable(connection: Connection) -> None:

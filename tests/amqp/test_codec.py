@@ -42,6 +42,7 @@ def test_pamqp_decodes_our_integers_to_the_same_values() -> None:
         1, "queue.declare", queue="q", arguments={"x-max-priority": 10, "x-expires": 2**40}
     )
     _, _, decoded = frame.unmarshal(ours)
+    assert isinstance(decoded, commands.Queue.Declare)
     assert decoded.arguments == {"x-max-priority": 10, "x-expires": 2**40}
 
 

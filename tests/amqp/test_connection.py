@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from leveret.amqp import Connection, connect
+from leveret.amqp import Channel, Connection, Delivery, connect
 from leveret.exceptions import (
     AuthenticationError,
     ChannelClosedError,
@@ -17,6 +17,7 @@ from leveret.exceptions import (
     PublishNotConfirmedError,
 )
 from tests.support.rabbitmqctl import connection_pid
+from tests.support.waiting import wait_until
 
 
 async def test_connection_name_from_the_url_reaches_the_broker(amqp_url: str) -> None:
@@ -51,7 +52,7 @@ async def test_large_body_crosses_a_small_frame_max(amqp_url: str, unique: str) 
         assert delivery is not None and delivery.body == body
 
 
-async def test_twenty_megabyte_body_round_trips_intact(channel, queue: str) -> None:
+async def test_twenty_megabyte_body_round_trips_intact(channel: Channel, queue: str) -> None:
     body = uuid.uuid4().bytes * (20 * 1024 * 1024 // 16)
     await channel.publish(body, routing_key=queue)
     delivery = await channel.get(queue)
@@ -101,7 +102,7 @@ async def test_async_with_closes_and_cancels_consumer_tasks(amqp_url: str, uniqu
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
-    async def slow(delivery) -> None:
+    async def slow(delivery: Delivery) -> None:
         started.set()
         try:
             await asyncio.sleep(60)
@@ -134,13 +135,12 @@ async def test_broker_forced_close_fails_pending_work_with_its_reply_text(
         capture_output=True,
     )
 
-    async def publish_until_it_fails() -> None:
-        for _ in range(200):
-            await channel.publish(b"x", routing_key=unique)
-            await asyncio.sleep(0.05)
+    async def publish() -> bool:
+        await channel.publish(b"x", routing_key=unique)
+        return False  # until a publish raises
 
     with pytest.raises((ConnectionForcedError, ChannelClosedError, PublishNotConfirmedError)):
-        await publish_until_it_fails()
+        await wait_until(publish, 10, "a publish to fail after the forced close")
     assert conn.is_closed
     assert isinstance(closed[0], ConnectionForcedError)
     assert closed[0].reply_code == 320

@@ -6,10 +6,16 @@ import pytest
 
 from leveret.amqp import Channel, Connection, Delivery, connect
 from leveret.exceptions import ConsumerCancelledError, DeliveryError
+from tests.support.waiting import wait_until
 
 
 async def _publish(channel: Channel, queue: str, count: int) -> None:
     await asyncio.gather(*(channel.publish(b"%d" % i, routing_key=queue) for i in range(count)))
+
+
+async def _ready(channel: Channel, queue: str, count: int) -> bool:
+    """Whether ``queue`` holds ``count`` ready messages (unacked ones are not counted)."""
+    return (await channel.queue_declare(queue, passive=True)).message_count == count
 
 
 async def test_sync_callback_receives_every_delivery_in_order(channel: Channel, queue: str) -> None:
@@ -28,22 +34,24 @@ async def test_sync_callback_receives_every_delivery_in_order(channel: Channel, 
     assert bodies == [b"%d" % i for i in range(500)]
 
 
-async def test_async_callback_runs_as_a_task_and_acks(channel: Channel, queue: str) -> None:
+async def test_async_callback_runs_as_a_task_and_acks(
+    connection: Connection, channel: Channel, queue: str
+) -> None:
     seen: list[bytes] = []
+    consuming = await connection.channel()
 
     async def on_delivery(delivery: Delivery) -> None:
         await asyncio.sleep(0)
         seen.append(delivery.body)
         delivery.ack()
 
-    await channel.consume(queue, on_delivery)
+    await consuming.consume(queue, on_delivery)
     await _publish(channel, queue, 50)
-    for _ in range(200):
-        if len(seen) == 50:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: len(seen) == 50, 5, "fifty deliveries")
     assert sorted(seen) == sorted(b"%d" % i for i in range(50))
-    await asyncio.sleep(0.1)
+    # A passive declare counts ready messages only, not unacked ones: close the
+    # consuming channel, which makes the broker requeue whatever was not acked.
+    await consuming.close()
     assert (await channel.queue_declare(queue, passive=True)).message_count == 0
 
 
@@ -61,8 +69,7 @@ async def test_iterator_yields_deliveries_and_requeues_the_unread_on_exit(
             if len(got) == 5:
                 break
     assert got == [b"0", b"1", b"2", b"3", b"4"]
-    await asyncio.sleep(0.1)
-    assert (await channel.queue_declare(queue, passive=True)).message_count == 15
+    await wait_until(lambda: _ready(channel, queue, 15), 5, "the 15 unread deliveries requeued")
 
 
 async def test_prefetch_bounds_unacked_deliveries(connection: Connection, queue: str) -> None:
@@ -71,11 +78,13 @@ async def test_prefetch_bounds_unacked_deliveries(connection: Connection, queue:
     held: list[Delivery] = []
     await channel.consume(queue, held.append)
     await _publish(channel, queue, 20)
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: len(held) == 5, 5, "five deliveries")
+    await asyncio.sleep(0.3)  # proves a negative: no sixth arrives while five are unacked
     assert len(held) == 5
     for delivery in held[:]:
         delivery.ack()
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: len(held) == 10, 5, "five more deliveries after the acks")
+    await asyncio.sleep(0.3)  # proves a negative: no eleventh arrives
     assert len(held) == 10
 
 
@@ -119,7 +128,7 @@ async def test_coalesced_acks_never_cover_an_unfinished_delivery(amqp_url: str, 
         for delivery in held:
             if delivery.body != b"4":
                 delivery.ack()
-        await asyncio.sleep(0.1)
+        # Closing flushes the acks: no sleep, so a close that dropped them would fail here.
     async with await connect(amqp_url) as conn:
         channel = await conn.channel()
         left = await channel.get(queue)
@@ -144,7 +153,7 @@ async def test_deliveries_after_cancel_go_back_to_the_queue(channel: Channel, qu
     tag = await channel.consume(queue, received.append)
     await channel.cancel(tag)
     await _publish(channel, queue, 10)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # proves a negative: nothing reaches the cancelled consumer
     assert received == []
     assert (await channel.queue_declare(queue, passive=True)).message_count == 10
 
@@ -157,11 +166,8 @@ async def test_broker_cancel_reaches_the_callback_owner(
     cancelled: list[ConsumerCancelledError] = []
     await channel.consume(unique, lambda d: None, on_cancel=cancelled.append)
     await (await connection.channel()).queue_delete(unique)
-    for _ in range(100):
-        if cancelled:
-            break
-        await asyncio.sleep(0.01)
-    assert cancelled and unique in str(cancelled[0])
+    await wait_until(lambda: cancelled, 5, "the broker's cancel")
+    assert unique in str(cancelled[0])
 
 
 async def test_broker_cancel_ends_an_iterator_with_an_error(
@@ -176,8 +182,13 @@ async def test_broker_cancel_ends_an_iterator_with_an_error(
                 pass
 
     reader = asyncio.create_task(read_all())
-    await asyncio.sleep(0.1)
-    await (await connection.channel()).queue_delete(unique)
+    other = await connection.channel()
+
+    async def consumed() -> bool:
+        return (await other.queue_declare(unique, passive=True)).consumer_count == 1
+
+    await wait_until(consumed, 5, "the iterator to consume")
+    await other.queue_delete(unique)
     with pytest.raises(ConsumerCancelledError, match="cancelled"):
         await asyncio.wait_for(reader, 5)
 
@@ -217,9 +228,6 @@ async def test_a_failing_sync_callback_does_not_stop_the_consumer(
 
     await channel.consume(queue, on_delivery)
     await _publish(channel, queue, 3)
-    for _ in range(100):
-        if len(ok) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(ok) == 2, 5, "the deliveries after the failing one")
     assert ok == [b"0", b"2"]
     assert "user bug" in caplog.text

@@ -26,7 +26,12 @@ async def test_stalled_network_fails_the_connection_with_heartbeat_timeout_in_tw
     loop = asyncio.get_running_loop()
     conn = await connect(proxy.url, heartbeat=1)
     lost: asyncio.Future[BaseException | None] = loop.create_future()
-    conn.close_callbacks.append(lambda _, exc: lost.done() or lost.set_result(exc))
+
+    def on_close(_: object, exc: BaseException | None) -> None:
+        if not lost.done():
+            lost.set_result(exc)
+
+    conn.close_callbacks.append(on_close)
     try:
         channel = await conn.channel()
         # Exclusive: the broker deletes it once it drops its side of the connection.

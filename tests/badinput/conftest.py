@@ -10,7 +10,6 @@ handled) is appended as one JSON line to ``LEVERET_FAULT_REPORT`` (default
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import os
@@ -25,6 +24,7 @@ from leveret.amqp import Channel, Connection, Delivery, Properties, connect
 from leveret.amqp._codec import encode_shortstr
 from leveret.patterns import dead_letter_queue, retry_queue
 from tests.conftest import AMQP_URL
+from tests.support.waiting import wait_until
 
 REPORT = os.environ.get("LEVERET_FAULT_REPORT", "/tmp/leveret-fault-report.jsonl")
 REASON = "x-leveret-reason"
@@ -155,14 +155,20 @@ async def nothing_comes_back(connection: Connection, channel: Channel, queue: st
 
 
 async def wait_for_count(channel: Channel, queue: str, expected: int, timeout: float) -> int:
-    """Poll ``queue``'s ready-message count until it reaches ``expected`` (or the deadline)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+    """``queue``'s ready-message count, once it has reached ``expected``.
+
+    Raises:
+        AssertionError: it stays below ``expected`` for ``timeout`` s.
+    """
+    count = 0
+
+    async def reached() -> bool:
+        nonlocal count
         count = (await channel.queue_declare(queue, passive=True)).message_count
-        if count >= expected or loop.time() > deadline:
-            return count
-        await asyncio.sleep(0.02)
+        return count >= expected
+
+    await wait_until(reached, timeout, f"{expected} message(s) in {queue!r}")
+    return count
 
 
 async def drain(channel: Channel, queue: str) -> list[Delivery]:

@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from leveret.amqp import Channel, Connection, Delivery

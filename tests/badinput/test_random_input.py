@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leveret.amqp import Channel, Connection, Delivery, Properties, connect
-from leveret.patterns import Master, Worker, dead_letter_queue, retry_queue
+from leveret.patterns import Master, dead_letter_queue, retry_queue
 from leveret.serializers import media_type
 from tests.badinput.conftest import REASON, Ledger, drain, same_value, wait_for_count
 from tests.support.waiting import wait_until
@@ -122,7 +122,7 @@ class Harness:
         self.worker_conn = worker_conn
         self.sender_conn = sender_conn
         self.sender: Channel
-        self.worker: Worker
+        self.worker_channel: Channel
         self.runs: dict[int, int] = {}
         self.random_runs: dict[str, int] = {}
         self.sent: dict[str, tuple[bytes, str | None, dict[str, Any] | None]] = {}
@@ -133,9 +133,8 @@ class Harness:
     async def start(cls, url: str, task: str) -> Harness:
         harness = cls(task, await connect(url), await connect(url))
         harness.sender = await harness.sender_conn.channel()
-        harness.worker = await Master(await harness.worker_conn.channel()).create_worker(
-            task, harness.good_task
-        )
+        harness.worker_channel = await harness.worker_conn.channel()
+        await Master(harness.worker_channel).create_worker(task, harness.good_task)
         return harness
 
     async def good_task(self, *, good_id: Any) -> None:
@@ -166,7 +165,7 @@ class Harness:
             self.expected_dead += 1
         await Master(self.sender).create_task(self.task, kwargs={"good_id": n})
         await wait_until(lambda: n in self.runs, 5, f"good task {n} after a random message")
-        assert not self.worker_conn.is_closed and self.worker.channel.is_open
+        assert not self.worker_conn.is_closed and self.worker_channel.is_open
         dead = await wait_for_count(
             self.sender, dead_letter_queue(self.task), self.expected_dead, 5
         )
@@ -182,7 +181,7 @@ class Harness:
             letter = letters[message_id]
             assert letter.body == body
             assert letter.properties.content_type == content_type
-            seen = letter.properties.headers or {}
+            seen = letter.headers
             assert isinstance(seen.get(REASON), str) and seen[REASON], message_id
             assert "x-leveret-dropped" not in seen, seen["x-leveret-dropped"]
             for key, value in (headers or {}).items():

@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from leveret.amqp import Channel, Connection
@@ -141,18 +141,16 @@ async def test_bad_tasks_are_dead_lettered_with_a_reason_while_good_ones_run_exa
     letters = await dead_letters_by_id(channel, task, [f"bad-{n}" for n in range(len(BAD_TASKS))])
     for n, bad in enumerate(BAD_TASKS):
         letter = letters[f"bad-{n}"]
-        reason = letter.properties.headers[REASON]
+        reason = letter.headers[REASON]
         assert bad.reason in reason, f"{bad.kind}: {reason[:300]!r}"
         assert letter.body == bad.body, bad.kind
-        assert letter.properties.headers["x-leveret-original-routing-key"] == task
+        assert letter.headers["x-leveret-original-routing-key"] == task
         assert bad.reason in caplog.text, f"{bad.kind}: no log line names the problem"
         ledger.handled(bad.kind, f"dead-lettered: {reason[:120]}")
     wrong_type = next(
         n for n, bad in enumerate(BAD_TASKS) if bad.kind == "argument of the wrong type"
     )
-    assert (
-        letters[f"bad-{wrong_type}"].properties.headers["x-leveret-exception-type"] == "TypeError"
-    )
+    assert letters[f"bad-{wrong_type}"].headers["x-leveret-exception-type"] == "TypeError"
     await nothing_comes_back(worker_connection, channel, task)
     assert tally.runs == {n: 1 for n in range(len(BAD_TASKS))}
 
@@ -185,7 +183,7 @@ async def test_a_pickle_aimed_at_a_json_worker_is_dead_lettered_and_never_unpick
     await Master(channel).create_task(task, kwargs={"n": 1})
     await wait_until(lambda: tally.runs == {1: 1}, 5, "the good task after the pickle")
     letters = await dead_letters_by_id(channel, task, ["pickle"])
-    reason = letters["pickle"].properties.headers[REASON]
+    reason = letters["pickle"].headers[REASON]
     if content_type in (JSON, None):
         assert "does not decode as application/json" in reason
     else:
@@ -218,7 +216,7 @@ async def test_a_20_mb_body_is_dead_lettered_whole_and_the_worker_keeps_going(
     await wait_until(lambda: len(tally.runs) == 2, 10, "the good tasks around the big one")
     letters = await dead_letters_by_id(channel, task, ["big"])
     assert letters["big"].body == body
-    assert "does not decode as application/json" in letters["big"].properties.headers[REASON]
+    assert "does not decode as application/json" in letters["big"].headers[REASON]
     await nothing_comes_back(worker_connection, channel, task)
     assert tally.runs == {1: 1, 2: 1}
     ledger.handled(kind, "dead-lettered whole (20 MiB)")

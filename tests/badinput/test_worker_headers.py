@@ -132,12 +132,12 @@ async def test_tasks_with_a_header_of_every_amqp_field_type_run_once_and_keep_it
         kind = f"header of AMQP field type {field.kind}"
         ledger.tried(kind)
         for body, case in ((f'{{"n": {n}}}'.encode(), f"good-{n}"), (b"{oops", f"bad-{n}")):
-            headers = raw_table(_case_entry(case), raw_entry(b"field", field.raw))
+            raw = raw_table(_case_entry(case), raw_entry(b"field", field.raw))
             await channel.publish(
                 body,
                 routing_key=task,
                 mandatory=True,
-                properties=RawProperties(raw_headers=headers, content_type=JSON, message_id=case),
+                properties=RawProperties(raw_headers=raw, content_type=JSON, message_id=case),
             )
     await wait_until(lambda: len(tally.runs) == len(FIELD_TYPES), 10, "the good tasks")
     letters = await dead_letters_by_id(channel, task, [f"bad-{n}" for n in range(len(FIELD_TYPES))])
@@ -145,7 +145,7 @@ async def test_tasks_with_a_header_of_every_amqp_field_type_run_once_and_keep_it
     assert tally.runs == {n: 1 for n in range(len(FIELD_TYPES))}
     for n, field in enumerate(FIELD_TYPES):
         assert same_value(tally.headers[n]["field"], field.value), field.kind
-        headers = letters[f"bad-{n}"].properties.headers
+        headers = letters[f"bad-{n}"].headers
         assert same_value(headers["field"], field.value), field.kind
         assert "does not decode as application/json" in headers[REASON]
         ledger.handled(
@@ -272,7 +272,7 @@ async def test_garbage_headers_and_properties_never_stop_the_worker_or_its_dead_
     assert tally.runs == {n: 1 for n in range(len(GARBAGE))}
     for n, garbage in enumerate(GARBAGE):
         assert tally.headers[n][CASE] == f"good-{n}", garbage.kind
-        headers = letters[f"bad-{n}".ljust(20)].properties.headers
+        headers = letters[f"bad-{n}".ljust(20)].headers
         assert "payload is list, not an object" in headers[REASON], garbage.kind
         if garbage.dropped is not None:
             assert garbage.dropped in headers[DROPPED], f"{garbage.kind}: {headers.get(DROPPED)!r}"
@@ -348,7 +348,7 @@ async def test_leveret_headers_of_the_wrong_type_are_ignored_and_the_retry_polic
     await nothing_comes_back(worker_connection, channel, task)
     assert {n: tally.runs[n] for n in range(len(FORGED))} == {n: 1 for n in range(len(FORGED))}
     for n, forged in enumerate(FORGED):
-        headers = letters[f"bad-{n}"].properties.headers
+        headers = letters[f"bad-{n}"].headers
         assert tally.runs[failing + n] == forged.runs, forged.kind
         attempts = 2**62 if forged.runs == 1 else 2
         assert headers["x-leveret-attempts"] == attempts, forged.kind

@@ -133,16 +133,6 @@ async def publish_until(
             group.create_task(publisher())
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Await ``check()`` every 50 ms until it is true; fail naming ``what`` after ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def declared(url: str | list[str], queue: str) -> tuple[int, int]:
     """``(message_count, consumer_count)`` of ``queue`` from a passive declare.
 

@@ -20,7 +20,6 @@ from leveret.patterns import Master, dead_letter_queue
 from tests.faults.support import (
     Ledger,
     declared,
-    eventually,
     publish_until,
     recording_task,
     robust,
@@ -85,7 +84,7 @@ async def test_broker_restart_mid_stream_loses_no_confirmed_task(
         await publishing
 
         await wait_until(ledger.all_confirmed_processed, 30, "every confirmed task")
-        await eventually(lambda: settled_and_empty(QUEUE, node), 30, "an empty, settled queue")
+        await wait_until(lambda: settled_and_empty(QUEUE, node), 30, "an empty, settled queue")
         await master.close()
         figures.update(
             ledger.figures(),

@@ -20,7 +20,6 @@ from leveret.patterns import Master, dead_letter_queue
 from tests.faults.support import (
     Ledger,
     declared,
-    eventually,
     publish_until,
     recording_task,
     robust,
@@ -112,7 +111,7 @@ async def test_stopping_the_node_clients_use_and_the_queue_leader_loses_no_confi
         await publishing
 
         await wait_until(ledger.all_confirmed_processed, 30, "every confirmed task")
-        await eventually(lambda: settled_and_empty(QUEUE, second), 30, "an empty, settled queue")
+        await wait_until(lambda: settled_and_empty(QUEUE, second), 30, "an empty, settled queue")
         await master.close()
         figures.update(
             ledger.figures(),

@@ -25,7 +25,6 @@ from tests.faults.processes import Spawned
 from tests.faults.support import (
     Ledger,
     declared,
-    eventually,
     publish_until,
     read_log,
     recording_task,
@@ -98,7 +97,7 @@ async def test_task_streams_behind_a_stalled_or_reset_network_recover_and_lose_n
         await publishing
 
         await wait_until(ledger.all_confirmed_processed, 30, "every confirmed task")
-        await eventually(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
+        await wait_until(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
         await master.close()
         figures.update(ledger.figures(), prefetch=PREFETCH)
 
@@ -145,7 +144,7 @@ async def test_a_worker_keeps_consuming_when_the_broker_closes_the_connection_du
                 publisher, task_queue, ledger, asyncio.Event(), limit=100, first=100
             )
             await wait_until(ledger.all_confirmed_processed, 10, "the tasks after the fault")
-        await eventually(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
+        await wait_until(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
         await master.close()
         figures.update(ledger.figures(), hard_errors=proxy.sabotaged)
 

@@ -33,7 +33,6 @@ from tests.faults.processes import Spawned
 from tests.faults.support import (
     Ledger,
     declared,
-    eventually,
     publish_until,
     read_log,
     runs_in,
@@ -51,7 +50,7 @@ async def _dead_lettered(channel: Channel, queue: str, expected: int) -> list[De
         ok = await channel.queue_declare(dead_letter_queue(queue), passive=True)
         return ok.message_count >= expected
 
-    await eventually(arrived, 30, f"{expected} dead letters")
+    await wait_until(arrived, 30, f"{expected} dead letters")
     return await list_dead_letters(channel, queue, limit=expected + 10)
 
 
@@ -87,7 +86,7 @@ async def test_a_task_that_keeps_raising_is_retried_then_dead_lettered_with_the_
 
     letters = await _dead_lettered(channel, task_queue, len(failing))
     await wait_until(lambda: len(ledger.runs) == tasks - len(failing), 10, "the other tasks")
-    await eventually(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
+    await wait_until(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
     await master.close()
     _account(ledger, _ids(letters), figures)
     figures["attempts_of_failing"] = sorted({len(attempts[n]) for n in failing})
@@ -135,7 +134,7 @@ async def test_a_task_that_hangs_past_its_time_limit_is_retried_then_dead_letter
     letters = await _dead_lettered(channel, task_queue, len(hanging))
     seconds = loop.time() - started
     await wait_until(lambda: len(ledger.runs) == tasks - len(hanging), 10, "the other tasks")
-    await eventually(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
+    await wait_until(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
     await master.close()
     _account(ledger, _ids(letters), figures)
     figures["seconds_to_dead_letter"] = round(seconds, 2)
@@ -183,8 +182,8 @@ async def test_a_task_that_exits_its_worker_process_is_dead_lettered_after_max_r
             dead, _ = await declared(amqp_url, dead_letter_queue(task_queue))
             return dead == 1 and len(set(processed())) == tasks - 1
 
-        await eventually(settled, 60, "every task processed or dead-lettered")
-        await eventually(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
+        await wait_until(settled, 60, "every task processed or dead-lettered")
+        await wait_until(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
         assert await asyncio.to_thread(workers[-1].terminate) == 0, workers[-1].stderr()
         letters = await list_dead_letters(channel, task_queue)
         for n in processed():

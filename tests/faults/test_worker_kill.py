@@ -22,7 +22,6 @@ from tests.faults.processes import Spawned
 from tests.faults.support import (
     Ledger,
     declared,
-    eventually,
     publish_until,
     read_log,
     runs_in,
@@ -77,7 +76,7 @@ async def test_killing_one_of_two_workers_loses_no_task_and_repeats_only_what_it
             lambda: ledger.confirmed <= runs_so_far().keys(), 60, "every confirmed task"
         )
         # Nothing ready and nothing unacked: the redelivered tasks were settled too.
-        await eventually(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
+        await wait_until(lambda: settled_and_empty(task_queue), 30, "an empty, settled queue")
         assert await asyncio.to_thread(survivor.terminate) == 0, survivor.stderr()
 
         by_survivor = Counter(runs_in(survivor.log))

@@ -8,7 +8,6 @@ the CLI, aio-pika, sockets) are marked ``rabbitmq_only`` and run once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from leveret.amqp import Channel, Delivery, connect
 from leveret.patterns import dead_letter_queue, retry_queue
 from leveret.testing import MemoryBroker
 from tests.conftest import AMQP_URL
+from tests.support.waiting import wait_until
 
 BROKERS = ("rabbitmq", "memory")
 
@@ -96,14 +96,19 @@ async def cleanup(broker_kind: str) -> AsyncIterator[Cleanup]:
 
 
 async def dead_letters(channel: Channel, queue: str, expected: int) -> list[Delivery]:
-    """The dead letters of a task queue, once ``expected`` of them are there (5 s at most)."""
+    """The dead letters of a task queue, taken off it once ``expected`` of them are there
+    (5 s at most); fails if there are more."""
     found: list[Delivery] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while len(found) < expected and loop.time() < deadline:
-        delivery = await channel.get(dead_letter_queue(queue), no_ack=True)
-        if delivery is None:
-            await asyncio.sleep(0.02)
-        else:
+
+    async def all_there() -> bool:
+        while len(found) < expected:
+            delivery = await channel.get(dead_letter_queue(queue), no_ack=True)
+            if delivery is None:
+                return False
             found.append(delivery)
+        return True
+
+    await wait_until(all_there, 5, f"{expected} dead letter(s) of {queue!r}")
+    extra = await channel.get(dead_letter_queue(queue), no_ack=True)
+    assert extra is None, f"more than {expected} dead letter(s) of {queue!r}: {extra!r}"
     return found

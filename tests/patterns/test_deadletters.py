@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from leveret.amqp import Channel
-from leveret.exceptions import NotFoundError, UnroutableError
+from leveret.exceptions import UnroutableError
 from leveret.patterns import (
     Master,
     RejectMessage,
@@ -38,11 +38,7 @@ async def _dead_letter_five(channel: Channel, queue: str, done: list[int]) -> Ma
         ok = await channel.queue_declare(dead_letter_queue(queue), passive=True)
         return ok.message_count == 5
 
-    for _ in range(250):
-        if await five_dead():
-            break
-        await asyncio.sleep(0.02)
-    assert await five_dead()
+    await wait_until(five_dead, 5, "five dead letters")
     return master
 
 
@@ -83,17 +79,11 @@ async def test_replaying_when_no_worker_listens_raises_and_keeps_the_dead_letter
         raise RejectMessage(requeue=False)
 
     master = Master(channel)
-    worker = await master.create_worker(cleanup.queue(unique), reject, auto_delete=True)
+    worker = await master.create_worker(cleanup.queue(unique), reject)
     await master.create_task(unique)
     await wait_until(lambda: worker.in_flight == 0, 5, "the task")
     await worker.close()
-    for _ in range(100):
-        try:
-            await channel.queue_declare(unique, passive=True)
-        except NotFoundError:
-            break
-        await asyncio.sleep(0.02)
-    channel = await channel.connection.channel()
+    await channel.queue_delete(unique)  # the worker is gone, and its queue with it
     with pytest.raises(UnroutableError, match="start a worker"):
         await replay_dead_letters(channel, unique)
     assert len(await list_dead_letters(channel, unique)) == 1

@@ -13,11 +13,12 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.patterns import JsonMaster, JsonRPC
+from aio_pika.patterns.master import CompressedJsonMaster as AioPikaCompressedJsonMaster
 from aio_pika.patterns.rpc import JsonRPCError
 
 from leveret.amqp import Channel
-from leveret.exceptions import RemoteError
-from leveret.patterns import RPC, Master
+from leveret.exceptions import RemoteError, UnroutableError
+from leveret.patterns import RPC, CompressedJsonMaster, Master
 from tests.patterns.conftest import Cleanup
 
 # aio-pika speaks AMQP over a socket: only the real broker can serve both sides.
@@ -68,16 +69,26 @@ def _collector(count: int) -> tuple[Any, asyncio.Future[list[dict[str, Any]]]]:
 # -- Master / Worker -----------------------------------------------------------------
 
 
-async def test_aio_pika_json_master_tasks_are_run_by_a_leveret_worker(
+#: The same wire format on both sides: (leveret's master class, aio-pika's).
+MASTERS = {
+    "json": (Master, JsonMaster),
+    "compressed-json": (CompressedJsonMaster, AioPikaCompressedJsonMaster),
+}
+
+
+@pytest.mark.parametrize("wire", MASTERS)
+async def test_aio_pika_master_tasks_are_run_by_a_leveret_worker(
     channel: Channel,
     aio_pika_channel: aio_pika.abc.AbstractChannel,
     unique: str,
     cleanup: Cleanup,
+    wire: str,
 ) -> None:
+    ours, theirs = MASTERS[wire]
     task, done = _collector(len(TASKS))
-    worker = await Master(channel).create_worker(cleanup.queue(unique), task, auto_delete=True)
+    worker = await ours(channel).create_worker(cleanup.queue(unique), task, auto_delete=True)
     try:
-        producer = JsonMaster(aio_pika_channel)
+        producer = theirs(aio_pika_channel)
         for kwargs in TASKS:
             await producer.create_task(unique, kwargs=kwargs)
         assert await asyncio.wait_for(done, 10) == TASKS
@@ -85,18 +96,21 @@ async def test_aio_pika_json_master_tasks_are_run_by_a_leveret_worker(
         await worker.close()
 
 
-async def test_leveret_master_tasks_are_run_by_an_aio_pika_json_master_worker(
+@pytest.mark.parametrize("wire", MASTERS)
+async def test_leveret_master_tasks_are_run_by_an_aio_pika_worker(
     channel: Channel,
     aio_pika_channel: aio_pika.abc.AbstractChannel,
     unique: str,
     cleanup: Cleanup,
+    wire: str,
 ) -> None:
+    ours, theirs = MASTERS[wire]
     task, done = _collector(len(TASKS))
-    worker = await JsonMaster(aio_pika_channel).create_worker(
+    worker = await theirs(aio_pika_channel).create_worker(
         cleanup.queue(unique), task, auto_delete=True
     )
     try:
-        producer = Master(channel)
+        producer = ours(channel)
         for kwargs in TASKS:
             await producer.create_task(unique, kwargs=kwargs)
         assert await asyncio.wait_for(done, 10) == TASKS
@@ -121,6 +135,7 @@ async def aio_pika_caller(
     aio_pika_channel: aio_pika.abc.AbstractChannel,
 ) -> AsyncIterator[JsonRPC]:
     rpc = await JsonRPC.create(aio_pika_channel)
+    assert isinstance(rpc, JsonRPC)  # aio-pika types create() as returning its base RPC
     try:
         yield rpc
     finally:
@@ -158,6 +173,7 @@ async def aio_pika_callee(
     aio_pika_channel: aio_pika.abc.AbstractChannel,
 ) -> AsyncIterator[JsonRPC]:
     rpc = await JsonRPC.create(aio_pika_channel)
+    assert isinstance(rpc, JsonRPC)
     try:
         yield rpc
     finally:
@@ -204,3 +220,101 @@ async def test_leveret_rpc_caller_raises_an_unknown_aio_pika_callee_exception_as
     assert type(caught.value) is RemoteError
     assert caught.value.remote_type == "InsufficientFunds"
     assert "cannot pay 5" in str(caught.value)
+
+
+# -- RPC on a custom exchange ----------------------------------------------------------
+
+
+async def test_aio_pika_caller_on_an_exchange_reaches_a_leveret_callee_on_it(
+    channel: Channel,
+    aio_pika_channel: aio_pika.abc.AbstractChannel,
+    unique: str,
+    cleanup: Cleanup,
+) -> None:
+    callee = await RPC.create(channel, exchange=unique)
+    await callee.register("multiply", multiply, auto_delete=True)
+    cleanup.queue(f"{unique}::multiply")
+    caller = await JsonRPC.create(aio_pika_channel, exchange=unique)
+    try:
+        assert await asyncio.wait_for(caller.proxy.multiply(x=6, y=7), 10) == 42
+    finally:
+        await caller.close()
+        await callee.close()
+
+
+async def test_leveret_caller_on_an_exchange_reaches_an_aio_pika_callee_on_it(
+    channel: Channel,
+    aio_pika_channel: aio_pika.abc.AbstractChannel,
+    unique: str,
+    cleanup: Cleanup,
+) -> None:
+    callee = await JsonRPC.create(aio_pika_channel, exchange=unique)
+    await callee.register("multiply", multiply, auto_delete=True)
+    cleanup.queue(f"{unique}::multiply")
+    caller = await RPC.create(channel, exchange=unique)
+    try:
+        assert await caller.call("multiply", {"x": 6, "y": 7}, timeout=10) == 42
+        other = await RPC.create(channel, exchange=unique + "-other")
+        with pytest.raises(UnroutableError):
+            await asyncio.wait_for(other.call("multiply", {"x": 1, "y": 1}), 10)
+        await other.close()
+    finally:
+        await caller.close()
+        await callee.close()
+
+
+# -- mixed callee fleets ---------------------------------------------------------------
+
+
+async def test_aio_pika_and_leveret_callees_share_a_methods_queue(
+    channel: Channel,
+    aio_pika_channel: aio_pika.abc.AbstractChannel,
+    unique: str,
+    cleanup: Cleanup,
+) -> None:
+    served: list[str] = []
+
+    async def who_leveret(*, n: int) -> str:
+        served.append("leveret")
+        return "leveret"
+
+    async def who_aio_pika(*, n: int) -> str:
+        served.append("aio-pika")
+        return "aio-pika"
+
+    theirs = await JsonRPC.create(aio_pika_channel)
+    await theirs.register(cleanup.queue(unique), who_aio_pika)
+    ours = await RPC.create(channel)  # the same queue arguments: no 406
+    await ours.register(unique, who_leveret)
+    caller = await RPC.create(await channel.connection.channel())
+    try:
+        answers = await asyncio.gather(
+            *(caller.call(unique, {"n": n}, timeout=10) for n in range(40))
+        )
+        assert set(answers) == {"leveret", "aio-pika"}
+        assert sorted(served) == sorted(answers)
+    finally:
+        await caller.close()
+        await ours.close()
+        await theirs.close()
+
+
+async def test_aio_pika_callers_expired_call_in_a_leveret_callees_queue_comes_back_as_timeout(
+    channel: Channel,
+    aio_pika_channel: aio_pika.abc.AbstractChannel,
+    unique: str,
+    cleanup: Cleanup,
+) -> None:
+    # The queue stays after its leveret callee went away; aio-pika's caller learns of
+    # its expired call through rpc.dlx, the dead-letter exchange both declare.
+    callee = await RPC.create(channel)
+    await callee.register(cleanup.queue(unique), multiply)
+    await callee.close()
+    caller = await JsonRPC.create(aio_pika_channel)
+    try:
+        with pytest.raises(TimeoutError) as caught:
+            await asyncio.wait_for(caller.call(unique, kwargs={"x": 1, "y": 2}, expiration=1), 10)
+        # aio-pika's own error for a call that came back through rpc.dlx, not wait_for's.
+        assert caught.value.args[0] == "Message timed-out"
+    finally:
+        await caller.close()

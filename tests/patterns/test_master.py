@@ -4,13 +4,20 @@ import asyncio
 import json
 import pickle
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from leveret.amqp import Channel, Connection
-from leveret.exceptions import NotFoundError, SerializationError, UnroutableError
+from leveret.amqp import Channel, Connection, Delivery
+from leveret.exceptions import (
+    MessageReturnedError,
+    NotFoundError,
+    PublishError,
+    SerializationError,
+    UnroutableError,
+)
 from leveret.patterns import Master, NackMessage, RejectMessage, dead_letter_queue
 from tests.patterns.conftest import Cleanup, ConnectBroker, dead_letters
 from tests.support.waiting import wait_until
@@ -60,6 +67,16 @@ async def test_task_nobody_consumes_raises_unroutable_at_once(
     assert channel.is_open
 
 
+async def test_an_unroutable_task_is_a_publish_error_chained_to_the_broker_return(
+    channel: Channel, unique: str
+) -> None:
+    with pytest.raises(PublishError) as info:
+        await asyncio.wait_for(Master(channel).create_task(unique), 5)
+    assert isinstance(info.value, UnroutableError)
+    assert isinstance(info.value.__cause__, MessageReturnedError)
+    assert info.value.message.routing_key == unique
+
+
 async def test_tasks_are_persistent_json_with_a_message_id(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
@@ -77,7 +94,7 @@ async def test_task_is_acked_only_after_the_function_returns(
     connect_broker: ConnectBroker, unique: str, cleanup: Cleanup
 ) -> None:
     started = asyncio.Event()
-    redelivered: list[bool] = []
+    redelivered: list[int] = []
 
     async def stuck(*, n: int) -> None:
         started.set()
@@ -119,7 +136,7 @@ async def test_nack_and_reject_settle_the_task_as_the_function_asks(
         await master.create_task(unique, kwargs={"n": n})
     await wait_until(lambda: attempts.get(2) == 2 and attempts.get(3) == 2, 5, "the requeues")
     dead = await dead_letters(channel, unique, 2)
-    reasons = {json.loads(d.body)["n"]: d.properties.headers[REASON] for d in dead}
+    reasons = {json.loads(d.body)["n"]: d.headers[REASON] for d in dead}
     assert reasons == {0: "rejected by the task function", 1: "nacked by the task function"}
     assert attempts == {0: 1, 1: 1, 2: 2, 3: 2}
 
@@ -138,7 +155,7 @@ async def test_failing_task_goes_to_the_dead_letter_queue_once_with_its_error(
     await master.create_worker(cleanup.queue(unique), explode)
     await master.create_task(unique, kwargs={"n": 7}, message_id="m-7")
     (dead,) = await dead_letters(channel, unique, 1)
-    headers = dead.properties.headers
+    headers = dead.headers
     assert headers[REASON] == "failed after 1 attempt"
     assert headers["x-leveret-exception-type"] == "ValueError"
     assert headers["x-leveret-exception-message"] == "bad n 7"
@@ -224,7 +241,7 @@ async def test_bad_tasks_are_dead_lettered_with_a_reason_and_good_ones_keep_flow
     dead = await dead_letters(channel, unique, len(bad))
     assert [d.body for d in dead] == [body for body, _, _ in bad]
     for delivery, (_, _, reason) in zip(dead, bad, strict=True):
-        assert reason in delivery.properties.headers[REASON]
+        assert reason in delivery.headers[REASON]
         assert reason in caplog.text
     assert caplog.text.count(f"task '{unique}'") >= len(bad)
 
@@ -290,27 +307,50 @@ async def test_workers_share_a_queue_round_robin(
     assert counts["a"] >= 30 and counts["b"] >= 30
 
 
+class _Overfetching:
+    """The test's channel, except that every consumer may hold ``prefetch`` unacked
+    deliveries: more than a worker runs at once, so the rest wait inside the worker."""
+
+    def __init__(self, channel: Channel, prefetch: int) -> None:
+        self._channel = channel
+        self._prefetch = prefetch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)  # the rest of the seam, unchanged
+
+    async def consume(
+        self, queue: str, callback: Callable[[Delivery], Awaitable[Any] | None], **options: Any
+    ) -> str:
+        options["prefetch_count"] = self._prefetch
+        return await self._channel.consume(queue, callback, **options)
+
+
 async def test_worker_close_lets_running_tasks_finish_and_requeues_waiting_ones(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
     release = asyncio.Event()
+    started: list[int] = []
     finished: list[int] = []
 
     async def task(*, n: int) -> None:
+        started.append(n)
         await release.wait()
         finished.append(n)
 
-    master = Master(channel)
+    master = Master(_Overfetching(channel, prefetch=6))
     worker = await master.create_worker(cleanup.queue(unique), task, prefetch_count=2)
     for n in range(6):
         await master.create_task(unique, kwargs={"n": n})
-    await wait_until(lambda: worker.in_flight == 2, 5, "two running tasks")
+    # Two tasks run; the other four were delivered and wait for a free slot.
+    await wait_until(lambda: worker.in_flight == 6, 5, "six tasks in the worker")
+    assert started == [0, 1]
     closing = asyncio.create_task(worker.close())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # proves a negative: close waits for the running tasks
     assert not closing.done()
     release.set()
     await asyncio.wait_for(closing, 5)
-    assert sorted(finished) == [0, 1]
+    # The waiting four never ran: they went back to the queue.
+    assert sorted(finished) == [0, 1] and started == [0, 1]
     ok = await channel.queue_declare(unique, passive=True)
     assert ok.message_count == 4
 
@@ -318,13 +358,14 @@ async def test_worker_close_lets_running_tasks_finish_and_requeues_waiting_ones(
 async def test_subclass_with_its_own_serializer_round_trips(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
-    import msgpack
+    import msgpack  # type: ignore[import-untyped,unused-ignore]
 
     class MsgpackMaster(Master):
         CONTENT_TYPE = "application/msgpack"
 
         def serialize(self, data: Any) -> bytes:
-            return msgpack.dumps(data)
+            packed: bytes = msgpack.dumps(data)
+            return packed
 
         def deserialize(self, data: bytes) -> Any:
             return msgpack.loads(data)
@@ -360,4 +401,4 @@ async def test_copies_made_by_the_worker_carry_the_senders_user_id_as_a_header(
     )
     (dead,) = await dead_letters(channel, unique, 1)
     assert dead.properties.user_id is None  # the broker would refuse a copy from another user
-    assert dead.properties.headers["x-leveret-original-user-id"] == "guest"
+    assert dead.headers["x-leveret-original-user-id"] == "guest"

@@ -1,10 +1,10 @@
 """Structured logs, Prometheus metrics and OpenTelemetry traces of tasks and calls."""
 
 import asyncio
-import logging
 import socket
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -14,7 +14,15 @@ from prometheus_client import CollectorRegistry
 
 from leveret.amqp import Channel, Connection
 from leveret.metrics import disable_metrics, enable_metrics
-from leveret.patterns import RPC, Master, RetryPolicy
+from leveret.patterns import (
+    RPC,
+    Kind,
+    Master,
+    Observer,
+    Outcome,
+    RetryPolicy,
+    default_observers,
+)
 from leveret.tracing import disable_tracing, enable_tracing
 from tests.patterns.conftest import Cleanup, dead_letters
 from tests.support.waiting import wait_until
@@ -48,7 +56,8 @@ async def test_log_lines_name_the_task_its_message_and_attempt(
     await master.create_task(unique, kwargs={"n": 1}, message_id="msg-1")
     await dead_letters(channel, unique, 1)
     records = [r for r in caplog.records if getattr(r, "task", None) == unique]
-    assert records and all(r.message_id == "msg-1" and r.attempt == 1 for r in records)
+    assert records
+    assert all((r.__dict__["message_id"], r.__dict__["attempt"]) == ("msg-1", 1) for r in records)
     assert f"task '{unique}' (message msg-1, attempt 1)" in records[0].getMessage()
 
 
@@ -146,16 +155,50 @@ async def test_a_task_span_is_the_child_of_the_span_that_sent_it(
     by_name = {span.name: span for span in spans.get_finished_spans()}
     trace_id = request.get_span_context().trace_id
     task_span = by_name[f"task {unique}"]
-    assert task_span.parent.span_id == request.get_span_context().span_id
-    assert by_name[f"call {unique}.echo"].parent.span_id == request.get_span_context().span_id
-    assert by_name[f"task {unique}.second"].parent.span_id == task_span.context.span_id
+
+    def parent_of(name: str) -> int:
+        parent = by_name[name].parent
+        assert parent is not None, f"span {name!r} has no parent"
+        return parent.span_id
+
+    assert task_span.context is not None
+    assert parent_of(f"task {unique}") == request.get_span_context().span_id
+    assert parent_of(f"call {unique}.echo") == request.get_span_context().span_id
+    assert parent_of(f"task {unique}.second") == task_span.context.span_id
     assert {span.context.trace_id for span in by_name.values()} == {trace_id}
     await rpc.close()
 
 
-def test_observers_cost_nothing_when_none_is_registered() -> None:
-    from leveret.patterns import _observe
+def test_no_observer_is_registered_unless_one_is_enabled() -> None:
+    assert not default_observers
+    assert list(default_observers) == []
 
-    assert _observe.observers == []
-    assert _observe.send_headers("task", "x", None) is None
-    logging.getLogger("leveret").debug("no observers")
+
+class Recorder(Observer):
+    """Notes each task it starts and each send it sees."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def on_send(self, kind: Kind, name: str, headers: dict[str, Any]) -> None:
+        self.events.append(("send", name))
+
+    def on_finish(
+        self, kind: Kind, name: str, token: Any, outcome: Outcome, error: BaseException | None
+    ) -> None:
+        self.events.append((outcome, name))
+
+
+async def test_observers_given_to_a_master_see_its_tasks_and_no_others(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    recorder = Recorder()
+    watched = Master(channel, observers=[recorder])
+    unwatched = Master(channel)
+    await watched.create_worker(cleanup.queue(unique + ".a"), lambda: None)
+    worker = await unwatched.create_worker(cleanup.queue(unique + ".b"), lambda: None)
+    await unwatched.create_task(unique + ".b")
+    await watched.create_task(unique + ".a")
+    await wait_until(lambda: ("succeeded", unique + ".a") in recorder.events, 5, "the task")
+    await wait_until(lambda: worker.in_flight == 0, 5, "the other task")
+    assert recorder.events == [("send", unique + ".a"), ("succeeded", unique + ".a")]

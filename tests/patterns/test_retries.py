@@ -5,6 +5,7 @@ import itertools
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -34,9 +35,9 @@ async def test_failing_task_is_retried_with_backoff_then_dead_lettered(
     assert [attempt for attempt, _ in runs] == [1, 2, 3]
     gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(runs)]
     assert 0.2 <= gaps[0] < 1.0 and 0.4 <= gaps[1] < 1.5
-    assert dead.properties.headers[REASON] == "failed after 3 attempts"
-    assert dead.properties.headers["x-leveret-attempts"] == 3
-    assert dead.properties.headers["x-leveret-exception-type"] == "ConnectionError"
+    assert dead.headers[REASON] == "failed after 3 attempts"
+    assert dead.headers["x-leveret-attempts"] == 3
+    assert dead.headers["x-leveret-exception-type"] == "ConnectionError"
 
 
 async def test_a_task_that_recovers_on_retry_is_acked_and_not_dead_lettered(
@@ -98,7 +99,7 @@ async def test_requeued_tasks_are_counted_and_dead_lettered_past_the_limit(
     await master.create_task(unique, kwargs={"n": 1})
     (dead,) = await dead_letters(channel, unique, 1)
     assert runs == 3
-    assert dead.properties.headers[REASON].startswith("redelivered 3 times")
+    assert dead.headers[REASON].startswith("redelivered 3 times")
 
 
 async def test_time_limit_fails_a_task_that_runs_too_long(
@@ -113,7 +114,7 @@ async def test_time_limit_fails_a_task_that_runs_too_long(
     await master.create_task(unique, kwargs={"n": 1})
     (dead,) = await dead_letters(channel, unique, 1)
     assert time.monotonic() - started < 3
-    headers = dead.properties.headers
+    headers = dead.headers
     assert headers["x-leveret-exception-type"] == "TimeoutError"
     assert "longer than its 0.2 s limit" in headers["x-leveret-exception-message"]
 
@@ -150,7 +151,9 @@ def test_current_task_outside_a_task_raises_lookup_error() -> None:
         ({"max_redeliveries": -1}, "max_redeliveries=-1"),
     ],
 )
-def test_retry_policies_that_make_no_sense_are_refused(options: dict, message: str) -> None:
+def test_retry_policies_that_make_no_sense_are_refused(
+    options: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigurationError, match=message):
         RetryPolicy(**options)
 
@@ -173,7 +176,7 @@ async def test_quorum_worker_runs_tasks_and_the_broker_dead_letters_past_the_del
     await master.create_task(unique, kwargs={"n": 0})
     (dead,) = await dead_letters(channel, unique, 1)
     assert json.loads(dead.body) == {"n": 0}
-    assert dead.properties.headers["x-death"][0]["reason"] == "delivery_limit"
+    assert dead.headers["x-death"][0]["reason"] == "delivery_limit"
     assert runs.count(1) == 1 and runs.count(0) == 3
 
 
@@ -181,4 +184,4 @@ async def test_quorum_queues_cannot_be_exclusive_or_auto_delete(channel: Channel
     with pytest.raises(ConfigurationError, match="quorum queue is durable"):
         await Master(channel).create_worker("q", lambda: None, queue_type="quorum", exclusive=True)
     with pytest.raises(ConfigurationError, match="queue_type='stream'"):
-        await Master(channel).create_worker("q", lambda: None, queue_type="stream")
+        await Master(channel).create_worker("q", lambda: None, queue_type="stream")  # type: ignore[arg-type]

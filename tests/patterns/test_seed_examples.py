@@ -14,15 +14,16 @@ at once if another process is consuming it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 import pytest
@@ -32,43 +33,76 @@ from leveret.amqp import Connection, Delivery, QueueDeclareOk
 from leveret.exceptions import NotFoundError, RemoteError
 from leveret.patterns import REPLY_TO, Master, dead_letter_queue
 from tests.patterns.conftest import Cleanup
+from tests.support.waiting import wait_until
 
 # The examples run as subprocesses that connect to the real broker.
 pytestmark = pytest.mark.rabbitmq_only
 
-SEED_DIR = Path(__file__).resolve().parents[2] / "examples" / "seed"
-ORIGINALS_DIR = Path("/work/shared/seed/examples")
-SEED_FILES = ("master.py", "msgpack_extending.py", "rpc_callee.py", "rpc_caller.py", "worker.py")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEED_DIR = REPO_ROOT / "examples" / "seed"
+# aio-pika's originals, where a checkout has them beside it; the hashes below
+# hold them for every other clone (CI included).
+ORIGINALS_DIR = REPO_ROOT.parent / "shared" / "seed" / "examples"
+ORIGINAL_SHA256 = {
+    "master.py": "972aae0963cb15de567db7e692a4d1481b20d82ff8b3f37ba4c1d3a0b0219456",
+    "msgpack_extending.py": "3068aa76ca506c9b5f170724c66657621294880d8e01786e732ec632d0fabb22",
+    "rpc_callee.py": "213725fe12cafe568ac3cd404e2cb5d92e255653476a10f8bb8e47cde1aff1fd",
+    "rpc_caller.py": "d103e920a6de216a026f9ce76873622af4a563adf2261b9fcc3bb8a2fd01ef81",
+    "worker.py": "d065cd7f7658c43bfc3427902fc026a264427c5e8a6021d98a33bf35f3a37f3c",
+}
+SEED_FILES = tuple(ORIGINAL_SHA256)
+# Whole-line prefixes: the original's import on the left, the copy's on the right.
 IMPORT_SWAPS = {
-    "from aio_pika import connect_robust\n": "from leveret import connect_robust\n",
-    "from aio_pika.patterns import ": "from leveret.patterns import ",
+    b"from aio_pika import connect_robust\n": b"from leveret import connect_robust\n",
+    b"from aio_pika.patterns import ": b"from leveret.patterns import ",
 }
 MSGPACK = "application/msgpack"
 LEVERET_DIR = str(Path(leveret.__file__).parent)  # a traceback through it is a bug
-T = TypeVar("T")
 
 # -- the copies are faithful ---------------------------------------------------------
 
 
-def _swap_imports(original: str) -> str:
-    lines = original.splitlines(keepends=True)
+def _swap_lines(text: bytes, swaps: Mapping[bytes, bytes]) -> bytes:
+    lines = text.splitlines(keepends=True)
     for index, line in enumerate(lines):
-        for old, new in IMPORT_SWAPS.items():
+        for old, new in swaps.items():
             if line.startswith(old):
                 lines[index] = new + line[len(old) :]
-    return "".join(lines)
+    return b"".join(lines)
+
+
+def _swap_imports(original: bytes) -> bytes:
+    """The original with its aio_pika imports made leveret's."""
+    return _swap_lines(original, IMPORT_SWAPS)
+
+
+def _swap_imports_back(copy: bytes) -> bytes:
+    """The copy with its leveret imports made aio_pika's again."""
+    return _swap_lines(copy, {new: old for old, new in IMPORT_SWAPS.items()})
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_seed_examples_differ_from_aio_pikas_only_in_their_import_lines() -> None:
-    if not ORIGINALS_DIR.is_dir():
-        pytest.skip(f"the originals are not here ({ORIGINALS_DIR})")
-    originals = sorted(path.name for path in ORIGINALS_DIR.glob("*.py"))
-    assert sorted(path.name for path in SEED_DIR.glob("*.py")) == originals
-    for name in originals:
-        original = (ORIGINALS_DIR / name).read_text()
-        copy = (SEED_DIR / name).read_text()
-        assert copy == _swap_imports(original), f"examples/seed/{name} differs beyond its imports"
-        assert copy != original, f"examples/seed/{name} still imports aio_pika"
+    copies = sorted(path.name for path in SEED_DIR.glob("*.py"))
+    assert copies == sorted(ORIGINAL_SHA256), f"examples/seed/ holds {copies}"
+    for name, digest in ORIGINAL_SHA256.items():
+        copy = (SEED_DIR / name).read_bytes()
+        original = _swap_imports_back(copy)
+        assert original != copy, f"examples/seed/{name} does not import leveret"
+        assert _sha256(original) == digest, f"examples/seed/{name} differs beyond its imports"
+    if ORIGINALS_DIR.is_dir():  # this checkout has the originals: compare with them too
+        originals = sorted(path.name for path in ORIGINALS_DIR.glob("*.py"))
+        assert originals == sorted(ORIGINAL_SHA256), f"{ORIGINALS_DIR} holds {originals}"
+        for name, digest in ORIGINAL_SHA256.items():
+            original = (ORIGINALS_DIR / name).read_bytes()
+            assert _sha256(original) == digest, f"the stored hash of {name} is not the original's"
+            copy = (SEED_DIR / name).read_bytes()
+            assert copy == _swap_imports(original), (
+                f"examples/seed/{name} differs beyond its imports"
+            )
 
 
 def test_seed_examples_import_leveret_and_never_aio_pika() -> None:
@@ -120,8 +154,17 @@ class Example:
 
     async def wait(self, timeout: float) -> int:
         """Wait for the process to exit; its exit code."""
-        await _eventually(lambda: _value(self.process.poll() is not None), timeout, f"{self.name}")
+        await wait_until(
+            lambda: self.process.poll() is not None, timeout, f"{self.name}.py to exit"
+        )
         return self.process.returncode
+
+    def check_running(self, what: str) -> None:
+        """Fail at once if the process has exited (while the test waits for ``what``)."""
+        if not self.running:
+            raise AssertionError(
+                f"{self.name}.py exited while waiting for {what}: {self.describe()}"
+            )
 
     def kill(self) -> None:
         if self.running:
@@ -131,36 +174,6 @@ class Example:
 
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-async def _value(value: T) -> T:
-    return value
-
-
-async def _eventually(
-    probe: Callable[[], Awaitable[T]],
-    timeout: float,
-    what: str,
-    *,
-    alive: Example | None = None,
-) -> T:
-    """Poll ``probe`` every 20 ms until it returns something truthy; return that.
-
-    Fails naming ``what`` after ``timeout`` seconds, or at once if ``alive`` exits.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if alive is not None and not alive.running:
-            raise AssertionError(
-                f"{alive.name}.py exited while waiting for {what}: {alive.describe()}"
-            )
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def _queue_state(connection: Connection, name: str) -> QueueDeclareOk | None:
@@ -207,11 +220,14 @@ def examples(tmp_path: Path) -> Iterator[Callable[[str], Example]]:
 
 
 async def _wait_for_consumer(connection: Connection, queue: str, server: Example) -> None:
+    what = f"{server.name}.py to consume {queue!r}"
+
     async def consumed() -> bool:
+        server.check_running(what)
         state = await _queue_state(connection, queue)
         return state is not None and state.consumer_count > 0
 
-    await _eventually(consumed, 30, f"{server.name}.py to consume {queue!r}", alive=server)
+    await wait_until(consumed, 30, what)
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Warning)\b", re.M)
@@ -237,7 +253,7 @@ async def _interrupt_and_expect_a_clean_exit(
     async def gone() -> bool:
         return await _queue_state(connection, queue) is None
 
-    await _eventually(gone, 10, f"the auto_delete queue {queue!r} to go with its worker")
+    await wait_until(gone, 10, f"the auto_delete queue {queue!r} to go with its worker")
 
 
 async def test_seed_master_publishes_2000_tasks_that_the_seed_worker_consumes(
@@ -257,10 +273,11 @@ async def test_seed_master_publishes_2000_tasks_that_the_seed_worker_consumes(
         # The seed worker rejects even task ids and nacks odd ones, both without
         # requeue: every task leaves the queue and none comes back.
         async def drained() -> QueueDeclareOk | None:
+            worker.check_running(f"{queue!r} to drain")
             state = await _queue_state(connection, queue)
             return state if state is not None and state.message_count == 0 else None
 
-        state = await _eventually(drained, 60, f"{queue!r} to drain", alive=worker)
+        state = await wait_until(drained, 60, f"{queue!r} to drain")
         assert state.consumer_count == 1
         # Rejected and nacked without requeue, each task is kept in the dead-letter queue.
         dead = await _queue_state(connection, dead_letter_queue(queue))

@@ -66,12 +66,13 @@ async def test_a_signal_lets_running_tasks_finish_and_requeues_the_rest(
 ) -> None:
     channel = await connection.channel()
     await channel.queue_declare(cleanup.queue(unique), durable=True)  # as the worker declares it
+
+    async def consumed() -> bool:
+        return (await channel.queue_declare(unique, passive=True)).consumer_count == 1
+
     process, log = _start_worker(tmp_path, unique, grace=1.0)
     try:
-        for _ in range(200):
-            if (await channel.queue_declare(unique, passive=True)).consumer_count == 1:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(consumed, 10, "the worker process to consume")
         master = Master(channel)
         await master.create_task(unique, kwargs={"n": 0, "seconds": 0.5})
         for n in range(1, 8):

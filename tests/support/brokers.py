@@ -2,11 +2,13 @@
 
 The shared broker on 127.0.0.1:5672 is never touched by these tests. Node
 names and ports derive from the test process id so parallel runs do not
-collide; every node is stopped and its folder removed at the end.
+collide; every node is stopped and its folder removed at the end, and
+:data:`NODES_ROOT` too once no test run has a folder left in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -122,3 +124,12 @@ class PrivateNode:
         """Stop the node and delete its folder."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def remove_nodes_root_if_empty() -> None:
+    """Remove :data:`NODES_ROOT` if it is empty (at the end of a test session).
+
+    Another test run's node folders keep it: only an empty folder is removed.
+    """
+    with contextlib.suppress(OSError):  # missing, or not empty
+        NODES_ROOT.rmdir()

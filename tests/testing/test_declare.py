@@ -1,6 +1,6 @@
 """Declaring, deleting and purging on the in-memory broker: RabbitMQ's rules and words."""
 
-import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -16,6 +16,7 @@ from leveret.exceptions import (
     ResourceLockedError,
 )
 from leveret.testing import MemoryBroker, MemoryChannel, MemoryConnection
+from tests.support.waiting import wait_until
 from tests.testing.conftest import publish_all
 
 
@@ -102,14 +103,15 @@ async def test_an_exclusive_queue_belongs_to_its_connection_and_goes_with_it(
 ) -> None:
     mine = await leveret_connection.channel()
     await mine.queue_declare("private", exclusive=True)
-    for attempt in (
+    attempts: tuple[Callable[[MemoryChannel], Awaitable[object]], ...] = (
         lambda c: c.queue_declare("private", exclusive=True),
         lambda c: c.queue_declare("private", passive=True),
         lambda c: c.consume("private", lambda d: None),
         lambda c: c.get("private"),
         lambda c: c.queue_purge("private"),
         lambda c: c.queue_delete("private"),
-    ):
+    )
+    for attempt in attempts:
         theirs = await other_connection.channel()
         with pytest.raises(ResourceLockedError, match="cannot obtain exclusive access"):
             await attempt(theirs)
@@ -181,7 +183,7 @@ async def test_deleting_respects_if_unused_and_if_empty_and_tells_consumers(
     with pytest.raises(PreconditionFailedError, match="queue 'd' in vhost '/' not empty"):
         await (await leveret_connection.channel()).queue_delete("d", if_empty=True)
     assert await channel.queue_delete("d") == 1  # one ready; the other is unacked
-    await asyncio.sleep(0)
+    await wait_until(lambda: cancelled, 1, "the consumer's cancel")
     assert len(cancelled) == 1 and "the broker cancelled consumer" in str(cancelled[0])
     assert await channel.queue_delete("d") == 0  # deleting a missing queue is fine
 

@@ -23,8 +23,20 @@ async def test_deliveries_arrive_in_order_on_a_later_loop_turn_never_inside_publ
     await seen.wait_for(50)
     assert seen.bodies == [str(n).encode() for n in range(50)]
     first = seen.deliveries[0]
-    assert isinstance(first, Delivery) and first.channel is leveret_channel  # type: ignore[comparison-overlap]
+    assert isinstance(first, Delivery) and first.channel is leveret_channel
     assert (first.exchange, first.routing_key, first.redelivered) == ("", "q", False)
+
+
+async def test_delivery_headers_are_an_empty_mapping_when_the_message_has_none(
+    leveret_channel: MemoryChannel,
+) -> None:
+    await leveret_channel.queue_declare("q")
+    await leveret_channel.publish(b"plain", routing_key="q")
+    await leveret_channel.publish(b"with", routing_key="q", headers={"a": 1})
+    plain = await leveret_channel.get("q", no_ack=True)
+    with_headers = await leveret_channel.get("q", no_ack=True)
+    assert plain is not None and plain.properties.headers is None and plain.headers == {}
+    assert with_headers is not None and with_headers.headers == {"a": 1}
 
 
 async def test_a_consumer_gets_no_more_than_its_prefetch_until_it_acks(
@@ -79,15 +91,15 @@ async def test_requeued_messages_come_back_first_in_their_old_places_marked_rede
 ) -> None:
     await leveret_channel.queue_declare("q")
     await publish_all(leveret_channel, "q", b"0", b"1", b"2", b"3")
-    held = [await leveret_channel.get("q") for _ in range(3)]
-    assert [d.message_count for d in held if d] == [3, 2, 1]
-    held[1].nack(requeue=True)  # type: ignore[union-attr]
-    held[0].reject(requeue=True)  # type: ignore[union-attr]
+    held = [d for d in [await leveret_channel.get("q") for _ in range(3)] if d is not None]
+    assert [d.message_count for d in held] == [3, 2, 1]
+    held[1].nack(requeue=True)
+    held[0].reject(requeue=True)
     order = []
     while (delivery := await leveret_channel.get("q", no_ack=True)) is not None:
         order.append((delivery.body, delivery.redelivered))
     assert order == [(b"0", True), (b"1", True), (b"3", False)]
-    held[2].ack()  # type: ignore[union-attr]
+    held[2].ack()
 
 
 async def test_a_second_settle_raises_delivery_error_and_no_ack_deliveries_cannot_be_settled(

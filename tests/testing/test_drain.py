@@ -37,7 +37,7 @@ async def test_drain_leaves_dead_letters_where_they_are(
     worker = await leveret_master.create_worker("explode", explode)
     await leveret_master.create_task("explode")
     await drain(worker)
-    (letter,) = await list_dead_letters(leveret_channel, "explode")  # type: ignore[arg-type]
+    (letter,) = await list_dead_letters(leveret_channel, "explode")
     assert letter.exception_message == "boom"
 
 

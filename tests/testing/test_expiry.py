@@ -32,7 +32,7 @@ async def test_an_expired_message_is_dead_lettered_with_an_x_death_like_rabbitmq
     assert (delivery.exchange, delivery.routing_key) == ("", "dead")
     props = delivery.properties
     assert props.expiration is None and props.message_id == "m1"
-    headers = props.headers or {}
+    headers = delivery.headers
     (death,) = headers["x-death"]
     assert isinstance(death.pop("time"), datetime.datetime)
     assert death == {
@@ -54,7 +54,7 @@ async def test_an_expired_message_is_dead_lettered_with_an_x_death_like_rabbitmq
     await drain("src", broker=leveret_broker)
     again = await leveret_channel.get("dead", no_ack=True)
     assert again is not None
-    (death,) = (again.properties.headers or {})["x-death"]
+    (death,) = again.headers["x-death"]
     assert death["count"] == 2
 
 
@@ -124,7 +124,7 @@ async def test_a_quorum_queue_counts_returns_and_dead_letters_past_its_delivery_
     await leveret_channel.consume("qq", seen)
     await publish_all(leveret_channel, "qq", b"z")
     await drain("qq", broker=leveret_broker)
-    counts = [(d.properties.headers or {}).get("x-delivery-count") for d in seen.deliveries]
+    counts = [d.headers.get("x-delivery-count") for d in seen.deliveries]
     assert counts == [None, 1, 2]
     assert [d.redelivered for d in seen.deliveries] == [False, True, True]
     (dead,) = leveret_broker.queues["dead"].messages()
@@ -139,10 +139,10 @@ async def test_basic_get_on_a_quorum_queue_always_carries_the_delivery_count(
     await leveret_channel.queue_declare("qq", durable=True, arguments={"x-queue-type": "quorum"})
     await leveret_channel.publish(b"z", routing_key="qq")
     first = await leveret_channel.get("qq")
-    assert first is not None and (first.properties.headers or {}) == {"x-delivery-count": 0}
+    assert first is not None and first.headers == {"x-delivery-count": 0}
     first.nack(requeue=True)
     second = await leveret_channel.get("qq", no_ack=True)
-    assert second is not None and (second.properties.headers or {})["x-delivery-count"] == 1
+    assert second is not None and second.headers["x-delivery-count"] == 1
 
 
 async def test_max_length_drops_the_head_or_refuses_the_publish(

@@ -14,6 +14,7 @@ from leveret.exceptions import (
     PublishNotConfirmedError,
 )
 from leveret.testing import MemoryBroker, MemoryChannel, MemoryConnection
+from tests.support.waiting import wait_until
 from tests.testing.conftest import Collector
 
 
@@ -42,14 +43,13 @@ async def test_returns_go_to_the_callbacks_without_confirms_and_after_publish_re
         returned: list[ReturnedMessage] = []
         channel.return_callbacks.append(returned.append)
         await channel.publish(b"x", routing_key="nobody", mandatory=True, confirm=confirm)
-        assert returned == []  # the return arrives on a later loop turn
-        await asyncio.sleep(0)
+        assert returned == []  # the return arrives on a later loop turn ...
+        await asyncio.sleep(0)  # ... the very next one: this turn is what is tested
         assert [(r.reply_code, r.reply_text) for r in returned] == [(312, "NO_ROUTE")]
     silent = await leveret_connection.channel(publisher_confirms=False)
     with caplog.at_level(logging.WARNING, logger="leveret.testing"):
         await silent.publish(b"x", routing_key="nobody", mandatory=True)
-        await asyncio.sleep(0)
-    assert "nobody listens for it" in caplog.text
+        await wait_until(lambda: "nobody listens for it" in caplog.text, 1, "the warning")
 
 
 async def test_publishing_to_a_missing_exchange_closes_the_channel(
@@ -129,16 +129,16 @@ async def test_properties_travel_as_on_the_wire(leveret_channel: MemoryChannel) 
     )
     delivery = await leveret_channel.get("q", no_ack=True)
     assert delivery is not None
-    assert delivery.properties.headers == {
+    assert delivery.headers == {
         "tuple": [1, "two"],
         "nested": {"n": 1.5},
         "raw": b"\x00",
     }
     assert (delivery.properties.priority, delivery.properties.timestamp) == (3, 1700000000)
-    (delivery.properties.headers or {})["tuple"].append("mutated")
+    delivery.headers["tuple"].append("mutated")
     await leveret_channel.publish(b"y", routing_key="q", properties=Properties(headers=headers))
     again = await leveret_channel.get("q", no_ack=True)
-    assert again is not None and (again.properties.headers or {})["tuple"] == [1, "two"]
+    assert again is not None and again.headers["tuple"] == [1, "two"]
 
 
 async def test_a_property_that_cannot_travel_raises_before_anything_is_sent(

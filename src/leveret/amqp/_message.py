@@ -3,7 +3,9 @@ settle seam a delivery talks to."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, NamedTuple, NoReturn, Protocol
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, Protocol
 
 from ..exceptions import DeliveryError
 from ._frames import Properties
@@ -37,6 +39,11 @@ class Settler(Protocol):
 
     def settle(self, delivery_tag: int, kind: SettleKind, requeue: bool) -> None:
         """Send (or queue) the ack, nack or reject of ``delivery_tag``; never raises."""
+
+
+# What a delivery without headers shows: one shared, read-only empty mapping, so
+# reading headers costs no allocation per message.
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
 
 class Delivery:
@@ -94,6 +101,12 @@ class Delivery:
     def channel(self) -> ConsumingChannel:
         """The channel this delivery arrived on."""
         return self._settler.channel
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The message's headers (``properties.headers``); empty, never ``None``,
+        when it carries none. Read-only: change headers by publishing a copy."""
+        return self.properties.headers or _NO_HEADERS
 
     def ack(self) -> None:
         """Acknowledge: the broker forgets the message.

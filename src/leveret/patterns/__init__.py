@@ -1,17 +1,40 @@
 """The Master/Worker and RPC patterns (the API of aio-pika's ``aio_pika.patterns``).
 
 Built on the :class:`PatternChannel` seam; JSON by default, other formats by
-``serializer=`` or by subclassing (``CONTENT_TYPE``, ``serialize``, ``deserialize``).
+``serializer=`` or by subclassing (``CONTENT_TYPE`` with ``SERIALIZER``, or
+``serialize`` and ``deserialize``). aio-pika's module paths work too:
+:mod:`leveret.patterns.master`, :mod:`leveret.patterns.rpc` and
+:mod:`leveret.patterns.base`.
 """
 
-from ..exceptions import CallInterruptedError, RemoteError, UnroutableError
-from ._base import Base, KeywordCall, PatternChannel, Proxy
+from ..exceptions import (
+    CallInterruptedError,
+    CallRedeliveredError,
+    MessageProcessingError,
+    NackMessage,
+    RejectMessage,
+    RemoteError,
+    UnroutableError,
+)
+from ._base import Base, Proxy
+from ._call import KeywordCall
+from ._callee import DEADLINE_HEADER
 from ._deadletters import DeadLetter, list_dead_letters, replay_dead_letters
-from ._master import DEFAULT_PREFETCH, Master
+from ._master import DEFAULT_PREFETCH, CompressedJsonMaster, JsonMaster, Master
+from ._observe import (
+    Kind,
+    Observer,
+    Observers,
+    Outcome,
+    add_observer,
+    default_observers,
+    remove_observer,
+)
 from ._retry import RetryPolicy, TaskInfo, current_task, dead_letter_queue, retry_queue
-from ._rpc import DEADLINE_HEADER, REPLY_TO, RPC
+from ._rpc import REPLY_TO, RPC, CompressedJsonRPC, JsonRPC, RPCMessageType
+from ._seam import GetChannel, PatternChannel, QueueType
 from ._serve import serve
-from ._worker import MessageProcessingError, NackMessage, RejectMessage, Worker
+from ._worker import Worker
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -20,22 +43,37 @@ __all__ = [
     "RPC",
     "Base",
     "CallInterruptedError",
+    "CallRedeliveredError",
+    "CompressedJsonMaster",
+    "CompressedJsonRPC",
     "DeadLetter",
+    "GetChannel",
+    "JsonMaster",
+    "JsonRPC",
     "KeywordCall",
+    "Kind",
     "Master",
     "MessageProcessingError",
     "NackMessage",
+    "Observer",
+    "Observers",
+    "Outcome",
     "PatternChannel",
     "Proxy",
+    "QueueType",
+    "RPCMessageType",
     "RejectMessage",
     "RemoteError",
     "RetryPolicy",
     "TaskInfo",
     "UnroutableError",
     "Worker",
+    "add_observer",
     "current_task",
     "dead_letter_queue",
+    "default_observers",
     "list_dead_letters",
+    "remove_observer",
     "replay_dead_letters",
     "retry_queue",
     "serve",

@@ -15,7 +15,6 @@ from typing import Any
 
 from ..amqp import Delivery, Properties
 from ..exceptions import MessageReturnedError, UnroutableError
-from ._base import GetChannel
 from ._retry import (
     ATTEMPTS_HEADER,
     DEAD_LETTER_HEADERS,
@@ -28,6 +27,7 @@ from ._retry import (
     TRACEBACK_HEADER,
     dead_letter_queue,
 )
+from ._seam import GetChannel
 from ._settle import settle
 
 
@@ -150,7 +150,7 @@ async def replay_dead_letters(
                     f"no queue takes {letter.routing_key!r} any more: start a worker for "
                     f"{task!r} first ({moved} dead letters were moved before this one)",
                     exc.message,
-                ) from None
+                ) from exc
             delivery.ack()
             moved += 1
     finally:

@@ -8,18 +8,22 @@ key, persistent, ``mandatory``, with a ``message_id``.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
+import json
 import logging
 import secrets
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from ..exceptions import MessageReturnedError, UnroutableError
-from ..serializers import Serializer
-from . import _observe
-from ._base import Base, KeywordCall, PatternChannel, Proxy, is_quorum
+from ..serializers import JSON, Serializer
+from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
+from ._call import KeywordCall
+from ._observe import Observer, Observers
 from ._retry import RetryPolicy, dead_letter_queue
+from ._seam import PatternChannel, QueueType, is_quorum
 from ._worker import Worker
 
 log = logging.getLogger("leveret.patterns")
@@ -42,6 +46,14 @@ class Master(Base):
     :class:`~leveret.exceptions.UnroutableError` instead of vanishing. Worker
     queues are durable unless asked otherwise, so confirmed tasks survive a
     broker restart.
+
+    ``requeue`` and ``reject_on_redelivered`` are aio-pika's: with
+    ``requeue=True`` a task whose function raised (and that its retry policy does
+    not retry) goes back to its queue instead of to its dead-letter queue; it is
+    still counted as a redelivery, so after ``max_redeliveries`` it is
+    dead-lettered and can never loop forever. aio-pika requeues by default;
+    leveret does not. ``reject_on_redelivered=True`` dead-letters a task that
+    raises again after it was redelivered instead of requeueing it once more.
     """
 
     DELIVERY_MODE = 2
@@ -49,60 +61,87 @@ class Master(Base):
     def __init__(
         self,
         channel: PatternChannel,
+        requeue: bool = False,
+        reject_on_redelivered: bool = False,
         *,
         serializer: str | Serializer | None = None,
         accept: Collection[str] = (),
         prefetch_count: int = DEFAULT_PREFETCH,
+        observers: Observers | Iterable[Observer] | None = None,
     ) -> None:
         super().__init__(serializer=serializer, accept=accept)
         self.channel = channel
+        #: Who sees this master's tasks (by default the process-wide observers).
+        self.observers = Observers.of(observers)
         self.proxy = Proxy(self.create_task)
         self.prefetch_count = prefetch_count
+        self.requeue = requeue
+        self.reject_on_redelivered = reject_on_redelivered
         self.workers: list[Worker] = []
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(6)
-        channel.close_callbacks.append(self._on_channel_closed)
 
     async def create_task(
         self,
         channel_name: str,
         kwargs: Mapping[str, Any] = MappingProxyType({}),
         *,
-        expiration: float | None = None,
+        expiration: Duration | None = None,
         priority: int | None = None,
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        content_encoding: str | None = None,
+        timestamp: float | datetime.datetime | None = None,
+        type: str | None = None,
+        user_id: str | None = None,
+        app_id: str | None = None,
+        delivery_mode: int | None = None,
     ) -> None:
         """Publish a task; return once the broker has confirmed it.
 
-        ``expiration`` (seconds) drops the task if no worker takes it in time.
+        ``expiration`` (seconds, a timedelta, or a datetime) drops the task if no
+        worker takes it in time. The other keywords are the message properties
+        aio-pika's ``create_task`` passes on to its ``Message``; ``delivery_mode=1``
+        makes a task transient. ``message_id`` defaults to a unique id.
 
         Raises:
             UnroutableError: no queue is bound for ``channel_name``.
             SerializationError: ``kwargs`` cannot be encoded.
             PublishError, ChannelClosedError: the broker did not take it.
         """
-        body = self._encode(kwargs if type(kwargs) is dict else dict(kwargs))
-        if _observe.observers:
-            headers = _observe.send_headers("task", channel_name, dict(headers or {}))
+        # ``type`` is a message property here, as in aio-pika's create_task: hence __class__.
+        body = self._encode(kwargs if kwargs.__class__ is dict else dict(kwargs))
+        if self.observers:
+            headers = self.observers.send_headers("task", channel_name, dict(headers or {}))
         try:
             await self.channel.publish(
                 body,
                 routing_key=channel_name,
                 mandatory=True,
                 content_type=self.CONTENT_TYPE,
-                delivery_mode=self.DELIVERY_MODE,
+                content_encoding=content_encoding,
+                delivery_mode=delivery_mode or self.DELIVERY_MODE,
                 priority=priority,
                 headers=headers,
-                expiration=None if expiration is None else max(0, round(expiration * 1000)),
+                expiration=None if expiration is None else milliseconds(expiration),
                 message_id=message_id or f"{self._id_prefix}.{next(self._ids)}",
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                timestamp=timestamp.timestamp()
+                if isinstance(timestamp, datetime.datetime)
+                else timestamp,
+                type=type,
+                user_id=user_id,
+                app_id=app_id,
             )
         except MessageReturnedError as exc:
             raise UnroutableError(
                 f"no queue takes task {channel_name!r}: no worker ever declared it "
                 f"(the broker returned it: {exc.message.reply_code} {exc.message.reply_text})",
                 exc.message,
-            ) from None
+            ) from exc
 
     async def create_worker(
         self,
@@ -112,11 +151,14 @@ class Master(Base):
         prefetch_count: int | None = None,
         durable: bool = True,
         exclusive: bool = False,
+        passive: bool = False,
         auto_delete: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        robust: bool = True,
         retries: RetryPolicy | None = None,
         dead_letter: bool = True,
-        queue_type: str = "classic",
+        queue_type: QueueType = "classic",
         time_limit: float | None = None,
     ) -> Worker:
         """Declare the task's queue and consume it with ``func``.
@@ -127,10 +169,18 @@ class Master(Base):
         :class:`RetryPolicy`; default: no retry, at most 5 redeliveries) decides
         whether it runs again later; a task that will not run again goes to the
         durable queue ``<queue_name>.dlq`` with headers that say why (unless
-        ``dead_letter=False``: then it is rejected). ``raise NackMessage(requeue=...)``
+        ``dead_letter=False``: then it is rejected; or the master was made with
+        ``requeue=True``: then it is requeued). ``raise NackMessage(requeue=...)``
         or ``RejectMessage(requeue=...)`` settles a task that way. At most
         ``prefetch_count`` tasks run at once; a task running longer than
         ``time_limit`` seconds fails with ``TimeoutError``.
+
+        ``durable``, ``exclusive``, ``passive``, ``auto_delete``, ``arguments`` and
+        ``timeout`` (seconds for the declarations) are aio-pika's ``declare_queue``
+        arguments. A worker declared ``auto_delete`` or ``exclusive`` is
+        throwaway: when it closes it also deletes the dead-letter and retry queues
+        it made. ``robust`` is accepted for aio-pika's sake: on a robust connection
+        a worker always comes back after a reconnect.
 
         ``queue_type="quorum"`` declares a replicated quorum queue (durable, with a
         delivery limit and broker-side dead-lettering to the same ``.dlq``).
@@ -138,8 +188,11 @@ class Master(Base):
         Raises:
             ConfigurationError: the options contradict each other.
             BrokerError: the broker refused the declaration (e.g. the queue exists
-                with other arguments: 406 PRECONDITION_FAILED).
+                with other arguments: 406 PRECONDITION_FAILED; ``passive`` and it
+                does not exist: 404 NOT_FOUND).
+            TimeoutError: the declarations took longer than ``timeout``.
         """
+        del robust  # see the docstring
         call = KeywordCall(queue_name, func)
         policy = retries or RetryPolicy()
         queue_arguments = dict(arguments or {})
@@ -150,45 +203,51 @@ class Master(Base):
                 **_quorum_arguments(queue_name, policy, dead_letter),
                 **queue_arguments,
             }
-        if dead_letter:
-            await self._declare_dead_letter_queue(queue_name, queue_type)
-        await self.channel.queue_declare(
-            queue_name,
-            durable=durable,
-            exclusive=exclusive,
-            auto_delete=auto_delete,
-            arguments=queue_arguments,
-        )
         worker = Worker(
-            self,
+            self.channel,
             call,
+            self._decode,
             retries=policy,
             dead_letter=dead_letter,
             time_limit=time_limit,
-            retry_arguments={
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": queue_name,
-            },
             limit=prefetch_count or self.prefetch_count,
             queue_type=queue_type,
+            requeue=self.requeue,
+            reject_on_redelivered=self.reject_on_redelivered,
+            throwaway=auto_delete or exclusive,
+            observers=self.observers,
         )
-        await worker._start()
+        async with asyncio.timeout(timeout):
+            if dead_letter:
+                await worker.declare(dead_letter_queue(queue_name))
+            await self.channel.queue_declare(
+                queue_name,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=None if passive else queue_arguments,
+            )
+            await worker.start()
         self.workers.append(worker)
         return worker
-
-    async def _declare_dead_letter_queue(self, task: str, queue_type: str = "classic") -> None:
-        arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
-        await self.channel.queue_declare(dead_letter_queue(task), durable=True, arguments=arguments)
-
-    def _on_channel_closed(self, channel: PatternChannel, reason: BaseException | None) -> None:
-        if channel.is_closed:  # a robust channel that will reopen is not closed
-            for worker in self.workers:
-                worker._runner.abandon()
 
     async def close(self, timeout: float | None = None) -> None:
         """Close every worker this master created (see :meth:`Worker.close`)."""
         workers, self.workers = self.workers, []
         await asyncio.gather(*(worker.close(timeout) for worker in workers))
+
+
+class JsonMaster(Master):
+    """:class:`Master` with JSON, by the name aio-pika gives it (JSON is leveret's default)."""
+
+    CONTENT_TYPE = JSON
+    SERIALIZER = json
+
+
+class CompressedJsonMaster(CompressedJson, Master):
+    """:class:`Master` with gzip-compressed JSON (``application/json;compression=gzip``),
+    wire-compatible with aio-pika's ``CompressedJsonMaster``."""
 
 
 def _quorum_arguments(queue: str, policy: RetryPolicy, dead_letter: bool) -> dict[str, Any]:

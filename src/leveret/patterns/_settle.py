@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from ..amqp import Delivery, Properties
 from ..exceptions import AMQPError, ConfigurationError, DeliveryError, MessageReturnedError
-from ._base import PatternChannel
 from ._retry import DROPPED_HEADER, ORIGINAL_USER_ID_HEADER
+from ._seam import PatternChannel
 
 log = logging.getLogger("leveret.patterns")
 
 
-def settle(delivery: Delivery, action: str, *, requeue: bool = False, what: str = "") -> None:
+#: How a delivery is settled.
+SettleKind = Literal["ack", "nack", "reject"]
+
+
+def settle(
+    delivery: Delivery, action: SettleKind, *, requeue: bool = False, what: str = ""
+) -> None:
     """``ack``, ``nack`` or ``reject`` a delivery unless it is settled already.
 
     If the channel closed since the delivery arrived the broker has requeued it;
@@ -32,8 +38,10 @@ def settle(delivery: Delivery, action: str, *, requeue: bool = False, what: str 
             delivery.ack()
         elif action == "nack":
             delivery.nack(requeue)
-        else:
+        elif action == "reject":
             delivery.reject(requeue)
+        else:
+            raise ValueError(f"settle: {action!r} is not 'ack', 'nack' or 'reject'")
     except DeliveryError as exc:
         log.warning("%s: %s", what or repr(delivery), exc)
 

@@ -8,8 +8,10 @@ Outcomes of a delivery:
 - it raises for the last time, raises ``RejectMessage``/``NackMessage`` without
   requeue, or the task cannot be decoded or does not fit the function: publish
   to ``<task>.dlq`` with headers saying why (confirmed), then ack;
-- ``requeue=True``: the broker requeues it; the broker redelivers it and the
-  redelivery is counted (see :mod:`._retry`).
+- ``requeue=True`` (``NackMessage``/``RejectMessage``, or a master made with
+  ``requeue=True`` when the function raises): the broker requeues it and
+  redelivers it; the redelivery is counted (see :class:`Handler`), so it cannot
+  come back forever.
 
 Without a dead-letter queue (``dead_letter=False``) such tasks are rejected
 without requeue (dropped, or routed by the queue's own dead-letter exchange).
@@ -18,16 +20,26 @@ without requeue (dropped, or routed by the queue's own dead-letter exchange).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..amqp import Delivery
-from ..exceptions import AMQPError, PatternError, SerializationError
-from . import _observe
-from ._base import KeywordCall, PatternChannel
+from ..exceptions import AMQPError, MessageProcessingError, RejectMessage, SerializationError
+from ._call import KeywordCall
+from ._handler import Handler, Result
+from ._observe import (
+    DEAD_LETTERED,
+    FAILED,
+    REJECTED,
+    REQUEUED,
+    RETRIED,
+    SUCCEEDED,
+    Observers,
+    Outcome,
+)
 from ._retry import (
     ATTEMPT_HEADER,
     ATTEMPTS_HEADER,
@@ -37,7 +49,6 @@ from ._retry import (
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     REASON_HEADER,
-    REDELIVERIES_HEADER,
     TRACEBACK_HEADER,
     RetryPolicy,
     _current,
@@ -45,142 +56,119 @@ from ._retry import (
     int_header,
     retry_queue,
 )
-from ._runner import Runner
-from ._settle import move, settle
-
-if TYPE_CHECKING:
-    from ._master import Master
+from ._seam import PatternChannel, QueueType
+from ._settle import settle
 
 log = logging.getLogger("leveret.patterns")
 
 
-class MessageProcessingError(PatternError):
-    """Raised by a task function to settle its task in a particular way."""
-
-    def __init__(self, requeue: bool = False) -> None:
-        self.requeue = requeue
-        super().__init__(f"{type(self).__name__}(requeue={requeue})")
-
-
-class NackMessage(MessageProcessingError):
-    """Raise in a task function to ``basic.nack`` the task (``requeue`` as asked)."""
-
-
-class RejectMessage(MessageProcessingError):
-    """Raise in a task function to ``basic.reject`` the task (``requeue`` as asked)."""
-
-
-class Worker:
+class Worker(Handler):
     """A consumer of one task queue (made by :meth:`Master.create_worker`).
 
-    :meth:`close` stops it gracefully.
+    :meth:`close` stops it gracefully. ``decode`` turns a delivery into the
+    task's keyword arguments (raising :class:`SerializationError`); the other
+    arguments are :meth:`Master.create_worker`'s.
     """
+
+    kind = "task"
 
     def __init__(
         self,
-        master: Master,
+        channel: PatternChannel,
         call: KeywordCall,
+        decode: Callable[[Delivery], Any],
         *,
         retries: RetryPolicy,
         dead_letter: bool,
         time_limit: float | None,
-        retry_arguments: dict[str, Any],
         limit: int,
-        queue_type: str = "classic",
+        queue_type: QueueType = "classic",
+        requeue: bool = False,
+        reject_on_redelivered: bool = False,
+        throwaway: bool = False,
+        observers: Observers,
     ) -> None:
-        self.master = master
-        self.channel: PatternChannel = master.channel
-        self.queue = call.name
-        self.consumer_tag = ""
+        super().__init__(
+            channel,
+            call.name,
+            call.name,
+            limit=limit,
+            broker_counts=queue_type == "quorum",
+            max_redeliveries=retries.max_redeliveries,
+            observers=observers,
+        )
         self.retries = retries
         self.dead_letter = dead_letter
         self.time_limit = time_limit
+        self.requeue = requeue
+        self.reject_on_redelivered = reject_on_redelivered
         self._call = call
-        self._retry_arguments = retry_arguments
-        # A quorum queue counts deliveries (x-delivery-count) and enforces its limit;
-        # on a classic queue that header proves nothing (anyone can send it).
-        self._broker_counts = queue_type == "quorum"
-        self._runner = Runner(self._handle, limit, f"worker {call.name!r}")
-        self._closed = False
-
-    @property
-    def in_flight(self) -> int:
-        """Tasks received by this worker and not finished yet."""
-        return self._runner.active + self._runner.waiting
-
-    async def _start(self) -> None:
-        self.consumer_tag = await self.channel.consume(
-            self.queue, self._runner.push, prefetch_count=self._runner.limit
-        )
+        self._decode = decode
+        self._queue_type = queue_type
+        # An auto-delete or exclusive worker's dead-letter and retry queues go with it.
+        self._throwaway = throwaway
+        self._own_queues: set[str] = set()
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop consuming; tasks already running finish first.
 
         Tasks received but not started go back to the queue at once. After
         ``timeout`` seconds the tasks still running are cancelled and requeued;
-        nothing is acked that did not finish. Idempotent.
+        nothing is acked that did not finish. A throwaway worker (``auto_delete``
+        or ``exclusive``) then deletes the dead-letter and retry queues it made.
+        Idempotent.
         """
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(AMQPError):
-            await self.channel.cancel(self.consumer_tag)
-        await self._runner.close(timeout)
+        closing = not self._closed
+        await super().close(timeout)
+        if closing and self._throwaway:
+            await self._delete_own_queues()
 
-    def __repr__(self) -> str:
-        return f"<Worker queue={self.queue!r} tag={self.consumer_tag!r}>"
+    async def _delete_own_queues(self) -> None:
+        for queue in sorted(self._own_queues):
+            try:
+                dropped = await self.channel.queue_delete(queue)
+            except AMQPError as exc:
+                log.warning("worker %r could not delete %s: %s", self.name, queue, exc)
+                continue
+            if dropped:
+                log.warning(
+                    "worker %r deleted %s with %d message(s) in it: it was auto_delete or "
+                    "exclusive, so its queues go with it",
+                    self.name,
+                    queue,
+                    dropped,
+                )
+        self._own_queues.clear()
+
+    async def declare(self, queue: str) -> None:
+        """Declare this worker's dead-letter queue or one of its retry queues."""
+        if queue == dead_letter_queue(self.name):
+            # The same type as the task queue: a quorum task queue dead-letters into it
+            # itself, and a re-declare of another type would fail with 406.
+            quorum = self._queue_type == "quorum"
+            arguments = {"x-queue-type": "quorum"} if quorum else None
+        else:
+            arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.name}
+        await self.channel.queue_declare(queue, durable=True, arguments=arguments)
+        self._own_queues.add(queue)
 
     # -- one delivery --------------------------------------------------------------
 
-    def _log(
-        self,
-        level: int,
-        delivery: Delivery,
-        attempt: int,
-        message: str,
-        *args: Any,
-        exc_info: BaseException | None = None,
-    ) -> None:
-        """Log about one task: the line names it, and ``extra`` carries the fields."""
-        message_id = delivery.properties.message_id
-        log.log(
-            level,
-            f"task %r (message %s, attempt %d): {message}",
-            self.queue,
-            message_id,
-            attempt,
-            *args,
-            exc_info=exc_info,
-            extra={
-                "task": self.queue,
-                "message_id": message_id,
-                "attempt": attempt,
-                "correlation_id": delivery.properties.correlation_id,
-            },
-        )
-
-    async def _handle(self, delivery: Delivery) -> None:
-        if not _observe.observers:
-            await self._process(delivery)
-            return
-        tokens = _observe.start("task", self.queue, delivery)
-        outcome: tuple[str, BaseException | None] = (_observe.REQUEUED, None)
-        try:
-            outcome = await self._process(delivery)
-        finally:
-            _observe.finish("task", self.queue, tokens, *outcome)
-
-    async def _process(self, delivery: Delivery) -> tuple[str, BaseException | None]:
-        """Run one task and settle it; returns the outcome for observers."""
-        name = self.queue
-        headers = delivery.properties.headers
+    async def _process(self, delivery: Delivery) -> Result:
+        """Run one task and settle it."""
+        headers = delivery.properties.headers or {}
         attempt = int_header(headers, ATTEMPT_HEADER, 1)
-        redeliveries = int_header(headers, REDELIVERIES_HEADER, 0)
-        if delivery.redelivered and not self._broker_counts:
-            # A classic queue does not count deliveries: count this one ourselves.
-            return await self._redelivered(delivery, attempt, redeliveries + 1), None
+        redeliveries = await self._redeliveries(delivery, headers)
+        if redeliveries is None:
+            return REQUEUED, None
+        if redeliveries > self.retries.max_redeliveries:
+            reason = (
+                f"redelivered {redeliveries} times (it may crash its worker, or was requeued "
+                "again and again)"
+            )
+            return await self._dead_letter(delivery, reason, attempt), None
         try:
-            kwargs = self.master._decode(delivery)
+            kwargs = self._decode(delivery)
         except SerializationError as exc:
             return await self._dead_letter(delivery, str(exc), attempt), exc
         problem = self._call.check(kwargs)
@@ -188,7 +176,7 @@ class Worker:
             reason = f"{problem} for {self._call.func!r}"
             return await self._dead_letter(delivery, reason, attempt), None
         # What current_task() reports, built only if the function asks for it.
-        token = _current.set((name, delivery, attempt, redeliveries))
+        token = _current.set((self.name, delivery, attempt, redeliveries))
         limit = None if self.time_limit is None else asyncio.timeout(self.time_limit)
         try:
             if limit is None:  # entering a timeout context costs a few µs per task
@@ -198,58 +186,65 @@ class Worker:
                     await self._call(kwargs)
         except MessageProcessingError as exc:
             if exc.requeue:
-                settle(delivery, "nack", requeue=True, what=f"task {name!r}")
-                return _observe.REQUEUED, exc
+                settle(delivery, "nack", requeue=True, what=self._what(delivery))
+                return REQUEUED, exc
             verb = "rejected" if isinstance(exc, RejectMessage) else "nacked"
             # The function's own decision: worth a note, not an error.
             reason = f"{verb} by the task function"
             return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), exc
-        except asyncio.CancelledError:
-            settle(delivery, "nack", requeue=True, what=f"task {name!r}")
-            raise
         except Exception as exc:
             if isinstance(exc, TimeoutError) and limit is not None and limit.expired():
-                exc = TimeoutError(f"task {name!r} ran longer than its {self.time_limit} s limit")
-            return await self._failed(delivery, exc, attempt), exc
+                exc = TimeoutError(
+                    f"task {self.name!r} ran longer than its {self.time_limit} s limit"
+                )
+            return await self._failed(delivery, exc, attempt, redeliveries), exc
         finally:
             _current.reset(token)
-        settle(delivery, "ack", what=f"task {name!r} finished, but")
-        return _observe.SUCCEEDED, None
+        settle(delivery, "ack", what=f"{self._what(delivery)} finished, but")
+        return SUCCEEDED, None
 
-    async def _failed(self, delivery: Delivery, error: BaseException, attempt: int) -> str:
+    async def _failed(
+        self, delivery: Delivery, error: BaseException, attempt: int, redeliveries: int
+    ) -> Outcome:
         if self.retries.should_retry(attempt, error):
             delay = self.retries.delay(attempt + 1)
             self._log(
                 logging.WARNING,
                 delivery,
-                attempt,
                 "failed with %s: %s; retrying in %.1f s",
                 type(error).__name__,
                 error,
                 delay,
+                attempt=attempt,
             )
-            queue = retry_queue(self.queue, attempt + 1)
-            await self._republish(
-                delivery, queue, {ATTEMPT_HEADER: attempt + 1}, expiration=max(1, int(delay * 1000))
-            )
-            return _observe.RETRIED
-        self._log(logging.ERROR, delivery, attempt, "failed", exc_info=error)
-        reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
-        await self._dead_letter(delivery, reason, attempt, error)
-        return _observe.FAILED
-
-    async def _redelivered(self, delivery: Delivery, attempt: int, redeliveries: int) -> str:
-        if redeliveries > self.retries.max_redeliveries:
-            return await self._dead_letter(
+            queue = retry_queue(self.name, attempt + 1)
+            await self._move(
                 delivery,
-                f"redelivered {redeliveries} times (it may crash its worker, or was requeued "
-                "again and again)",
-                attempt,
+                queue,
+                {ATTEMPT_HEADER: attempt + 1},
+                expiration=max(1, int(delay * 1000)),
+                declare=lambda: self.declare(queue),
             )
-        # Back to the end of the queue, counted, so a task that kills its worker
-        # cannot come back forever.
-        await self._republish(delivery, self.queue, {REDELIVERIES_HEADER: redeliveries})
-        return _observe.REQUEUED
+            return RETRIED
+        again = self.reject_on_redelivered and redeliveries > 0
+        if self.requeue and not again:
+            self._log(
+                logging.WARNING,
+                delivery,
+                "failed with %s: %s; requeued (requeue=True)",
+                type(error).__name__,
+                error,
+                attempt=attempt,
+            )
+            settle(delivery, "nack", requeue=True, what=self._what(delivery))
+            return REQUEUED
+        self._log(logging.ERROR, delivery, "failed", attempt=attempt, exc_info=error)
+        if again:
+            reason = f"failed again after {redeliveries} redelivery(s) (reject_on_redelivered)"
+        else:
+            reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
+        await self._dead_letter(delivery, reason, attempt, error)
+        return FAILED
 
     async def _dead_letter(
         self,
@@ -259,12 +254,11 @@ class Worker:
         error: BaseException | None = None,
         *,
         level: int = logging.ERROR,
-    ) -> str:
-        name = self.queue
+    ) -> Outcome:
         if not self.dead_letter:
-            self._log(level, delivery, attempt, "rejected without requeue: %s", reason)
-            settle(delivery, "reject", what=f"task {name!r}")
-            return _observe.REJECTED
+            self._log(level, delivery, "rejected without requeue: %s", reason, attempt=attempt)
+            settle(delivery, "reject", what=self._what(delivery))
+            return REJECTED
         headers: dict[str, Any] = {
             REASON_HEADER: reason[:2000],  # reasons quote what they reject: keep the header bounded
             ATTEMPTS_HEADER: attempt,
@@ -276,34 +270,7 @@ class Worker:
             headers[EXCEPTION_TYPE_HEADER] = type(error).__name__
             headers[EXCEPTION_MESSAGE_HEADER] = str(error)[:2000]
             headers[TRACEBACK_HEADER] = "".join(traceback.format_exception(error))[-8000:]
-        self._log(level, delivery, attempt, "goes to %s: %s", dead_letter_queue(name), reason)
-        await self._republish(delivery, dead_letter_queue(name), headers)
-        return _observe.DEAD_LETTERED
-
-    async def _republish(
-        self,
-        delivery: Delivery,
-        queue: str,
-        headers: dict[str, Any],
-        *,
-        expiration: int | None = None,
-    ) -> None:
-        async def declare() -> None:
-            await self._declare(queue)
-
-        what = f"task {self.queue!r} (message {delivery.properties.message_id})"
-        await move(
-            self.channel,
-            delivery,
-            queue,
-            headers,
-            expiration=expiration,
-            declare=declare,
-            what=what,
-        )
-
-    async def _declare(self, queue: str) -> None:
-        if queue == dead_letter_queue(self.queue):
-            await self.master._declare_dead_letter_queue(self.queue)
-        else:
-            await self.channel.queue_declare(queue, durable=True, arguments=self._retry_arguments)
+        queue = dead_letter_queue(self.name)
+        self._log(level, delivery, "goes to %s: %s", queue, reason, attempt=attempt)
+        await self._move(delivery, queue, headers, declare=lambda: self.declare(queue))
+        return DEAD_LETTERED

@@ -1,0 +1,86 @@
+"""Calling user functions with keyword arguments that came over the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable, Collection
+from typing import Any
+
+from ..exceptions import ConfigurationError
+
+
+def _listed(names: Collection[Any], limit: int = 10) -> str:
+    """Some names, sorted and shortened: the reason goes into a log line and a header,
+    and a task with 20,000 argument names (or one of a megabyte) must not make
+    either unbounded (a header too big for one frame cannot be sent at all).
+    """
+    shown = [name if len(name) <= 60 else f"{name[:57]}..." for name in sorted(map(str, names))]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more
+
+
+class KeywordCall:
+    """A user function called with keyword arguments from the wire.
+
+    Checks the arguments against the signature before the call, so a task
+    that does not fit is reported as such (and not confused with a TypeError
+    raised inside the function). Plain functions run in the loop's default
+    thread pool, never on the event loop.
+    """
+
+    __slots__ = ("func", "is_async", "name", "optional", "required", "takes_any")
+
+    def __init__(self, name: str, func: Callable[..., Any]) -> None:
+        if not callable(func):
+            raise ConfigurationError(f"{name!r}: {func!r} is not callable")
+        self.name = name
+        self.func = func
+        target = func.func if isinstance(func, functools.partial) else func
+        self.is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)  # noqa: B004 -- async __call__ objects
+        )
+        self.required: frozenset[str] = frozenset()
+        self.optional: frozenset[str] = frozenset()
+        self.takes_any = True
+        try:
+            parameters = inspect.signature(func).parameters.values()
+        except (TypeError, ValueError):
+            return  # builtins without a signature: let the call decide
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        self.takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
+        self.required = frozenset(
+            p.name for p in parameters if p.kind in keyword and p.default is p.empty
+        )
+        self.optional = frozenset(
+            p.name for p in parameters if p.kind in keyword and p.default is not p.empty
+        )
+
+    def check(self, kwargs: Any) -> str | None:
+        """Why ``kwargs`` cannot be passed to the function, or ``None`` if they fit."""
+        if not isinstance(kwargs, dict):
+            return f"payload is {type(kwargs).__name__}, not an object of keyword arguments"
+        names = kwargs.keys()
+        missing = self.required - names
+        if missing:
+            return f"missing argument{'s' if len(missing) > 1 else ''} {_listed(missing)}"
+        if not self.takes_any:
+            unexpected = names - self.required - self.optional
+            if unexpected:
+                return (
+                    f"unexpected argument{'s' if len(unexpected) > 1 else ''} {_listed(unexpected)}"
+                )
+        return None
+
+    async def __call__(self, kwargs: dict[str, Any]) -> Any:
+        if self.is_async:
+            return await self.func(**kwargs)
+        loop = asyncio.get_running_loop()
+        # The thread sees the caller's context variables (current_task() works there).
+        run = functools.partial(contextvars.copy_context().run, self.func, **kwargs)
+        result = await loop.run_in_executor(None, run)
+        if inspect.isawaitable(result):  # a plain function that hands back a coroutine
+            result = await result
+        return result

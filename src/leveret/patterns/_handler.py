@@ -1,0 +1,210 @@
+"""What a worker and an RPC callee share: consuming one queue and the skeleton around
+each delivery.
+
+A :class:`Handler` consumes its queue through a :class:`Runner` (bounded
+concurrency), tells its observers about each delivery, logs about it in one
+format, counts redeliveries, and requeues a delivery whose handling was
+cancelled. What is done with a delivery (run a task and ack, retry or
+dead-letter it; run a call and reply) is the subclass's :meth:`Handler._process`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar
+
+from ..amqp import Delivery
+from ..exceptions import AMQPError
+from ._observe import REQUEUED, Kind, Observers, Outcome
+from ._retry import DELIVERY_COUNT_HEADER, REDELIVERIES_HEADER, int_header
+from ._runner import Runner
+from ._seam import PatternChannel
+from ._settle import move, settle
+
+log = logging.getLogger("leveret.patterns")
+
+#: How handling a delivery ended, for the observers: the outcome and what was raised.
+Result = tuple[Outcome, BaseException | None]
+
+
+class Handler:
+    """One consumer of one queue, handling at most ``limit`` deliveries at once.
+
+    ``broker_counts``: the queue is a quorum queue, which counts deliveries
+    itself (``x-delivery-count``); on a classic queue that header proves
+    nothing (anyone can send it), so a redelivery is counted here instead.
+    """
+
+    #: ``"task"`` or ``"call"``: what observers and log lines call a delivery.
+    kind: ClassVar[Kind]
+
+    def __init__(
+        self,
+        channel: PatternChannel,
+        queue: str,
+        name: str,
+        *,
+        limit: int,
+        broker_counts: bool,
+        max_redeliveries: int,
+        observers: Observers,
+    ) -> None:
+        self.channel = channel
+        #: The queue consumed (for a callee on an exchange, ``"<exchange>::<method>"``).
+        self.queue = queue
+        #: The task or method name.
+        self.name = name
+        self.consumer_tag = ""
+        self._broker_counts = broker_counts
+        self._max_redeliveries = max_redeliveries
+        self._observers = observers
+        self._runner = Runner(self._handle, limit, f"{self.kind} {name!r}")
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries received by this consumer and not finished yet."""
+        return self._runner.active + self._runner.waiting
+
+    async def start(self) -> None:
+        """Start consuming (with this handler's prefetch)."""
+        self.channel.close_callbacks.append(self._on_channel_closed)
+        try:
+            self.consumer_tag = await self.channel.consume(
+                self.queue, self._runner.push, prefetch_count=self._runner.limit
+            )
+        except BaseException:
+            self._forget_channel()
+            raise
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop consuming; deliveries already being handled finish first.
+
+        Deliveries received but not started go back to the queue at once. After
+        ``timeout`` seconds those still running are cancelled and requeued;
+        nothing is acked that did not finish. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self.consumer_tag:
+            with contextlib.suppress(AMQPError):
+                await self.channel.cancel(self.consumer_tag)
+        await self._runner.close(timeout)
+        self._forget_channel()
+
+    def _forget_channel(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.channel.close_callbacks.remove(self._on_channel_closed)
+
+    def _on_channel_closed(self, channel: PatternChannel, reason: BaseException | None) -> None:
+        if channel.is_closed:  # a robust channel that will reopen is not closed
+            self._runner.abandon()  # nothing can be settled any more
+
+    # -- one delivery ----------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        observers = self._observers
+        started = observers.start(self.kind, self.name, delivery) if observers else None
+        result: Result = (REQUEUED, None)
+        try:
+            result = await self._process(delivery)
+        except asyncio.CancelledError:
+            # Shutdown ran out of time, or the channel is gone: back to the queue.
+            settle(delivery, "nack", requeue=True, what=self._what(delivery))
+            raise
+        finally:
+            if started is not None:
+                observers.finish(started, self.kind, self.name, *result)
+
+    async def _process(self, delivery: Delivery) -> Result:
+        """Handle and settle one delivery; never raises but ``CancelledError``."""
+        raise NotImplementedError
+
+    async def _redeliveries(self, delivery: Delivery, headers: Mapping[str, Any]) -> int | None:
+        """How often this delivery was redelivered so far; ``None`` if it was just
+        moved to the back of its queue to count one more.
+
+        A quorum queue counts itself. On a classic queue a redelivered message
+        is published again with the count in a header (confirmed before the
+        original is acked) while under ``max_redeliveries``, so a task that
+        crashes its consumer cannot come back forever; past the limit its count
+        is returned for the subclass to refuse it.
+        """
+        if self._broker_counts:
+            return int_header(headers, DELIVERY_COUNT_HEADER, 0)
+        count = int_header(headers, REDELIVERIES_HEADER, 0)
+        if not delivery.redelivered:
+            return count
+        count += 1
+        if count > self._max_redeliveries:
+            return count
+        await self._move(delivery, self.queue, {REDELIVERIES_HEADER: count})
+        return None
+
+    async def _move(
+        self,
+        delivery: Delivery,
+        queue: str,
+        headers: dict[str, Any],
+        *,
+        expiration: int | None = None,
+        declare: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """A copy of ``delivery`` to ``queue``, confirmed, then the original acked (see
+        :func:`move`); requeued instead if the copy cannot be published."""
+        await move(
+            self.channel,
+            delivery,
+            queue,
+            headers,
+            expiration=expiration,
+            declare=declare,
+            what=self._what(delivery),
+        )
+
+    def _what(self, delivery: Delivery) -> str:
+        """The delivery in a log line or error: ``task 'resize' (message abc.1)``."""
+        props = delivery.properties
+        if self.kind == "call":
+            return f"call {self.name!r} ({props.correlation_id})"
+        return f"task {self.name!r} (message {props.message_id})"
+
+    def _log(
+        self,
+        level: int,
+        delivery: Delivery,
+        message: str,
+        *args: Any,
+        attempt: int = 1,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """Log about one delivery: the line names it, and ``extra`` carries the fields
+        (``task``, ``message_id``, ``attempt``, ``correlation_id``) for JSON handlers."""
+        props = delivery.properties
+        if self.kind == "call":
+            prefix = "call %r (correlation %s, message %s): "
+            ids: tuple[Any, ...] = (props.correlation_id, props.message_id)
+        else:
+            prefix = "task %r (message %s, attempt %d): "
+            ids = (props.message_id, attempt)
+        log.log(
+            level,
+            prefix + message,
+            self.name,
+            *ids,
+            *args,
+            exc_info=exc_info,
+            extra={
+                "task": self.name,
+                "message_id": props.message_id,
+                "attempt": attempt,
+                "correlation_id": props.correlation_id,
+            },
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} queue={self.queue!r} tag={self.consumer_tag!r}>"
