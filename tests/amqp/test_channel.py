@@ -224,3 +224,21 @@ async def test_closing_a_channel_leaves_the_connection_usable(connection: Connec
     other = await connection.channel()
     assert other.number == channel.number
     await other.queue_declare("", exclusive=True)
+
+
+async def test_a_return_fails_the_publish_it_belongs_to_among_identical_bodies(
+    channel: Channel, queue: str, unique: str
+) -> None:
+    # The same body to two destinations: only the destination tells the returns apart.
+    results = await asyncio.gather(
+        *(
+            channel.publish(
+                b"same", routing_key=queue if i % 2 else unique + "-none", mandatory=True
+            )
+            for i in range(20)
+        ),
+        return_exceptions=True,
+    )
+    failed = [i for i, result in enumerate(results) if isinstance(result, MessageReturnedError)]
+    assert failed == list(range(0, 20, 2))
+    assert (await channel.queue_declare(queue, passive=True)).message_count == 10

@@ -116,8 +116,9 @@ class ConfirmWindow:
         self._unconfirmed[seq] = future
         if mandatory is not None:
             self._mandatory[seq] = mandatory
-            pending = self._returnable.get(mandatory)
-            if pending is None:
+            try:
+                pending = self._returnable[mandatory]
+            except KeyError:  # a new destination (a lookup is the hot path: no .get call)
                 if len(self._returnable) >= _DESTINATIONS_KEPT:
                     self._drop_idle_destinations()
                 pending = self._returnable[mandatory] = {}

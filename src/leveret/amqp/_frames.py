@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import struct
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 from ..exceptions import ConfigurationError
@@ -403,10 +404,9 @@ def reject_frame(channel: int, delivery_tag: int, requeue: bool) -> bytes:
     )
 
 
-def decode_tag_and_bits(buf: bytes, offset: int) -> tuple[int, int]:
-    """``delivery_tag`` and the bit octet of basic.ack/nack (offset after the method id)."""
-    result: tuple[int, int] = _tag_and_bits.unpack_from(buf, offset)
-    return result
+#: ``(delivery_tag, bits)`` of basic.ack/nack, from the offset after the method id
+#: (the struct's own method: no Python frame per confirm).
+decode_tag_and_bits: Callable[[bytes, int], tuple[Any, ...]] = _tag_and_bits.unpack_from
 
 
 def decode_deliver(buf: bytes, offset: int) -> tuple[str, int, bool, str, str]:
