@@ -17,10 +17,10 @@ from ..exceptions import (
     UnroutableError,
 )
 from ._base import Base, Proxy
-from ._call import KeywordCall
+from ._call import DEFAULT_PREFETCH, DEFAULT_THREADS, KeywordCall
 from ._callee import DEADLINE_HEADER
 from ._deadletters import DeadLetter, list_dead_letters, replay_dead_letters
-from ._master import DEFAULT_PREFETCH, CompressedJsonMaster, JsonMaster, Master
+from ._master import CompressedJsonMaster, JsonMaster, Master
 from ._observe import (
     Kind,
     Observer,
@@ -39,6 +39,7 @@ from ._worker import Worker
 __all__ = [
     "DEADLINE_HEADER",
     "DEFAULT_PREFETCH",
+    "DEFAULT_THREADS",
     "REPLY_TO",
     "RPC",
     "Base",

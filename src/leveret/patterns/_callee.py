@@ -57,13 +57,12 @@ class Callee(Handler):
         super().__init__(
             channel,
             queue,
-            call.name,
+            call,
             limit=limit,
             broker_counts=broker_counts,
             max_redeliveries=max_redeliveries,
             observers=observers,
         )
-        self.call = call
         self._decode = decode
         self._encode = encode
         self._encode_error = encode_error
@@ -120,7 +119,7 @@ class Callee(Handler):
             problem = self.call.check(kwargs)
             if problem is not None:
                 raise TypeError(f"{name}(): {problem}")
-            body = self._encode(await self.call(kwargs))
+            body = self._encode(await self._run(kwargs))
         except Exception as exc:
             if self._host_exceptions():
                 self._log(logging.ERROR, delivery, "raised", exc_info=exc)

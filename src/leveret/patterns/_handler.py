@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 from ..amqp import Delivery
 from ..exceptions import AMQPError
+from ._call import KeywordCall
 from ._observe import REQUEUED, Kind, Observers, Outcome
 from ._retry import DELIVERY_COUNT_HEADER, REDELIVERIES_HEADER, int_header
 from ._runner import Runner
 from ._seam import PatternChannel
 from ._settle import move, settle
+from ._threads import ThreadPool, TimeLimitExceeded
 
 log = logging.getLogger("leveret.patterns")
 
@@ -45,7 +48,7 @@ class Handler:
         self,
         channel: PatternChannel,
         queue: str,
-        name: str,
+        call: KeywordCall,
         *,
         limit: int,
         broker_counts: bool,
@@ -56,12 +59,15 @@ class Handler:
         #: The queue consumed (for a callee on an exchange, ``"<exchange>::<method>"``).
         self.queue = queue
         #: The task or method name.
-        self.name = name
+        self.name = name = call.name
+        self.call = call
         self.consumer_tag = ""
         self._broker_counts = broker_counts
         self._max_redeliveries = max_redeliveries
         self._observers = observers
         self._runner = Runner(self._handle, limit, f"{self.kind} {name!r}")
+        # A plain function gets as many threads as deliveries run at once: none waits.
+        self._threads = None if call.is_async else ThreadPool(limit, f"leveret {self.kind} {name}")
         self._closed = False
 
     @property
@@ -95,6 +101,8 @@ class Handler:
                 await self.channel.cancel(self.consumer_tag)
         await self._runner.close(timeout)
         self._forget_channel()
+        if self._threads is not None:
+            self._threads.shutdown()
 
     def _forget_channel(self) -> None:
         with contextlib.suppress(ValueError):
@@ -119,6 +127,31 @@ class Handler:
         finally:
             if started is not None:
                 observers.finish(started, self.kind, self.name, *result)
+
+    async def _run(self, kwargs: dict[str, Any], time_limit: float | None = None) -> Any:
+        """The function's result for ``kwargs``: awaited on the event loop, or run in
+        one of this handler's threads.
+
+        Raises:
+            TimeLimitExceeded: it ran longer than ``time_limit`` seconds.
+            Exception: what the function raised.
+        """
+        func = self.call.func
+        if self._threads is not None:
+            result = await self._threads.run(func, kwargs, time_limit=time_limit)
+            if inspect.isawaitable(result):  # a plain function that hands back a coroutine
+                result = await result
+            return result
+        if time_limit is None:  # entering a timeout context costs a few µs per delivery
+            return await func(**kwargs)
+        limit = asyncio.timeout(time_limit)
+        try:
+            async with limit:
+                return await func(**kwargs)
+        except TimeoutError:
+            if limit.expired():
+                raise TimeLimitExceeded(f"ran longer than its {time_limit} s limit") from None
+            raise
 
     async def _process(self, delivery: Delivery) -> Result:
         """Handle and settle one delivery; never raises but ``CancelledError``."""

@@ -19,7 +19,6 @@ without requeue (dropped, or routed by the queue's own dead-letter exchange).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import traceback
@@ -58,6 +57,7 @@ from ._retry import (
 )
 from ._seam import PatternChannel, QueueType
 from ._settle import settle
+from ._threads import TimeLimitExceeded
 
 log = logging.getLogger("leveret.patterns")
 
@@ -91,7 +91,7 @@ class Worker(Handler):
         super().__init__(
             channel,
             call.name,
-            call.name,
+            call,
             limit=limit,
             broker_counts=queue_type == "quorum",
             max_redeliveries=retries.max_redeliveries,
@@ -102,7 +102,6 @@ class Worker(Handler):
         self.time_limit = time_limit
         self.requeue = requeue
         self.reject_on_redelivered = reject_on_redelivered
-        self._call = call
         self._decode = decode
         self._queue_type = queue_type
         # An auto-delete or exclusive worker's dead-letter and retry queues go with it.
@@ -171,19 +170,14 @@ class Worker(Handler):
             kwargs = self._decode(delivery)
         except SerializationError as exc:
             return await self._dead_letter(delivery, str(exc), attempt), exc
-        problem = self._call.check(kwargs)
+        problem = self.call.check(kwargs)
         if problem is not None:
-            reason = f"{problem} for {self._call.func!r}"
+            reason = f"{problem} for {self.call.func!r}"
             return await self._dead_letter(delivery, reason, attempt), None
         # What current_task() reports, built only if the function asks for it.
         token = _current.set((self.name, delivery, attempt, redeliveries))
-        limit = None if self.time_limit is None else asyncio.timeout(self.time_limit)
         try:
-            if limit is None:  # entering a timeout context costs a few µs per task
-                await self._call(kwargs)
-            else:
-                async with limit:
-                    await self._call(kwargs)
+            await self._run(kwargs, self.time_limit)
         except MessageProcessingError as exc:
             if exc.requeue:
                 settle(delivery, "nack", requeue=True, what=self._what(delivery))
@@ -192,11 +186,12 @@ class Worker(Handler):
             # The function's own decision: worth a note, not an error.
             reason = f"{verb} by the task function"
             return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), exc
+        except TimeLimitExceeded:
+            error = TimeoutError(
+                f"task {self.name!r} ran longer than its {self.time_limit} s limit"
+            )
+            return await self._failed(delivery, error, attempt, redeliveries), error
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and limit is not None and limit.expired():
-                exc = TimeoutError(
-                    f"task {self.name!r} ran longer than its {self.time_limit} s limit"
-                )
             return await self._failed(delivery, exc, attempt, redeliveries), exc
         finally:
             _current.reset(token)
