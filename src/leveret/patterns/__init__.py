@@ -30,7 +30,14 @@ from ._observe import (
     default_observers,
     remove_observer,
 )
-from ._retry import RetryPolicy, TaskInfo, current_task, dead_letter_queue, retry_queue
+from ._retry import (
+    RetryPolicy,
+    TaskInfo,
+    current_task,
+    dead_letter_queue,
+    parked_queue,
+    retry_queue,
+)
 from ._rpc import REPLY_TO, RPC, CompressedJsonRPC, JsonRPC, RPCMessageType
 from ._seam import GetChannel, PatternChannel, QueueType
 from ._serve import serve
@@ -74,6 +81,7 @@ __all__ = [
     "dead_letter_queue",
     "default_observers",
     "list_dead_letters",
+    "parked_queue",
     "remove_observer",
     "replay_dead_letters",
     "retry_queue",

@@ -102,6 +102,13 @@ class Runner:
             self._idle.append(waiter)
             await waiter
 
+    def drop_waiting(self) -> int:
+        """Forget the deliveries not started yet (their channel closed: the broker has
+        requeued them, and they can no longer be settled here); how many."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        return dropped
+
     def abandon(self) -> None:
         """The channel is gone for good: cancel every runner (nothing can be settled)."""
         self._closing = True

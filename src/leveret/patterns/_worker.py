@@ -47,12 +47,14 @@ from ._retry import (
     EXCEPTION_TYPE_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
+    PARKED_HEADER,
     REASON_HEADER,
     TRACEBACK_HEADER,
     RetryPolicy,
     _current,
     dead_letter_queue,
     int_header,
+    parked_queue,
     retry_queue,
 )
 from ._seam import PatternChannel, QueueType
@@ -139,8 +141,32 @@ class Worker(Handler):
                 )
         self._own_queues.clear()
 
+    async def _running_elsewhere(self, delivery: Delivery) -> Outcome:
+        # Not run twice at once, and not held either (held unacked, it would trip the
+        # consumer_timeout again): parked for a moment, then looked at again. By then
+        # the run going on here has ended (the copy is acked) or it has not.
+        self._parking = True
+        wait = (self._consumer_timeout or 4.0) / 2
+        queue = parked_queue(self.name)
+        self._log(
+            logging.WARNING,
+            delivery,
+            "came back while it still runs here; parked in %s for %.1f s",
+            queue,
+            wait,
+        )
+        await self._move(
+            delivery,
+            queue,
+            {PARKED_HEADER: 1},
+            expiration=max(1, int(wait * 1000)),
+            declare=lambda: self.declare(queue),
+        )
+        return REQUEUED
+
     async def declare(self, queue: str) -> None:
-        """Declare this worker's dead-letter queue or one of its retry queues."""
+        """Declare this worker's dead-letter queue, one of its retry queues or its parking
+        queue (those two dead-letter back to the task queue)."""
         if queue == dead_letter_queue(self.name):
             # The same type as the task queue: a quorum task queue dead-letters into it
             # itself, and a re-declare of another type would fail with 406.
@@ -161,9 +187,12 @@ class Worker(Handler):
         if redeliveries is None:
             return REQUEUED, None
         if redeliveries > self.retries.max_redeliveries:
-            reason = (
-                f"redelivered {redeliveries} times (it may crash its worker, or was requeued "
-                "again and again)"
+            timeout = self._consumer_timeout
+            reason = f"redelivered {redeliveries} times " + (
+                f"(it runs longer than the broker's consumer_timeout, {timeout:g} s, which "
+                "requeues it each time: set a time_limit below it or raise it)"
+                if timeout is not None
+                else "(it may crash its worker, or was requeued again and again)"
             )
             return await self._dead_letter(delivery, reason, attempt), None
         try:
@@ -213,14 +242,14 @@ class Worker(Handler):
                 attempt=attempt,
             )
             queue = retry_queue(self.name, attempt + 1)
-            await self._move(
+            moved = await self._move(
                 delivery,
                 queue,
                 {ATTEMPT_HEADER: attempt + 1},
                 expiration=max(1, int(delay * 1000)),
                 declare=lambda: self.declare(queue),
             )
-            return RETRIED
+            return RETRIED if moved else REQUEUED
         again = self.reject_on_redelivered and redeliveries > 0
         if self.requeue and not again:
             self._log(
@@ -238,8 +267,8 @@ class Worker(Handler):
             reason = f"failed again after {redeliveries} redelivery(s) (reject_on_redelivered)"
         else:
             reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
-        await self._dead_letter(delivery, reason, attempt, error)
-        return FAILED
+        outcome = await self._dead_letter(delivery, reason, attempt, error)
+        return FAILED if outcome == DEAD_LETTERED else outcome
 
     async def _dead_letter(
         self,
@@ -267,5 +296,5 @@ class Worker(Handler):
             headers[TRACEBACK_HEADER] = "".join(traceback.format_exception(error))[-8000:]
         queue = dead_letter_queue(self.name)
         self._log(level, delivery, "goes to %s: %s", queue, reason, attempt=attempt)
-        await self._move(delivery, queue, headers, declare=lambda: self.declare(queue))
-        return DEAD_LETTERED
+        moved = await self._move(delivery, queue, headers, declare=lambda: self.declare(queue))
+        return DEAD_LETTERED if moved else REQUEUED
