@@ -126,7 +126,7 @@ class Callee(Handler):
             problem = self.call.check(kwargs)
             if problem is not None:
                 raise TypeError(f"{name}(): {problem}")
-            body = self._encode(await self._run(kwargs))
+            body = self._encode(await self._run(delivery, kwargs))
         except Exception as exc:
             if self._host_exceptions():
                 self._log(logging.ERROR, delivery, "raised", exc_info=exc)

@@ -71,7 +71,7 @@ class Handler:
         self._runner = Runner(self._handle, limit, f"{self.kind} {name!r}")
         # A plain function gets as many threads as deliveries run at once: none waits.
         self._threads = None if call.is_async else ThreadPool(limit, f"leveret {self.kind} {name}")
-        #: What runs now, with the event loop's time it started.
+        #: The deliveries whose function runs now, with the event loop's time it started.
         self.running: dict[Delivery, float] = {}
         # Deliveries handled to the end whose ack was lost with their channel: when the
         # broker hands one back, it is acked, not run again (see _already_handled).
@@ -157,7 +157,6 @@ class Handler:
         observers = self._observers
         started = observers.start(self.kind, self.name, delivery) if observers else None
         result: Result = (REQUEUED, None)
-        self.running[delivery] = self._clock()
         try:
             again = delivery.redelivered or (
                 self._parking and PARKED_HEADER in (delivery.properties.headers or ())
@@ -175,7 +174,6 @@ class Handler:
             settle(delivery, "nack", requeue=True, what=self._what(delivery))
             raise
         finally:
-            del self.running[delivery]
             if started is not None:
                 observers.finish(started, self.kind, self.name, *result)
 
@@ -221,14 +219,23 @@ class Handler:
         settle(delivery, "ack", what=self._what(delivery))
         return True
 
-    async def _run(self, kwargs: dict[str, Any], time_limit: float | None = None) -> Any:
-        """The function's result for ``kwargs``: awaited on the event loop, or run in
-        one of this handler's threads.
+    async def _run(
+        self, delivery: Delivery, kwargs: dict[str, Any], time_limit: float | None = None
+    ) -> Any:
+        """The function's result for ``kwargs`` (from ``delivery``): awaited on the event
+        loop, or run in one of this handler's threads.
 
         Raises:
             TimeLimitExceeded: it ran longer than ``time_limit`` seconds.
             Exception: what the function raised.
         """
+        self.running[delivery] = self._clock()
+        try:
+            return await self._call_function(kwargs, time_limit)
+        finally:
+            del self.running[delivery]
+
+    async def _call_function(self, kwargs: dict[str, Any], time_limit: float | None) -> Any:
         func = self.call.func
         if self._threads is not None:
             result = await self._threads.run(func, kwargs, time_limit=time_limit)

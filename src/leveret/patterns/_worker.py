@@ -206,7 +206,7 @@ class Worker(Handler):
         # What current_task() reports, built only if the function asks for it.
         token = _current.set((self.name, delivery, attempt, redeliveries))
         try:
-            await self._run(kwargs, self.time_limit)
+            await self._run(delivery, kwargs, self.time_limit)
         except MessageProcessingError as exc:
             if exc.requeue:
                 settle(delivery, "nack", requeue=True, what=self._what(delivery))
