@@ -13,8 +13,10 @@
     │   │   └── ConnectionClosedError the connection was closed by its owner
     │   ├── ChannelClosedError        the channel was closed (the cause is chained)
     │   ├── BrokerError               the broker closed a channel or the connection
-    │   │   ├── NotFoundError (404), PreconditionFailedError (406),
-    │   │   │   AccessRefusedError (403), ResourceLockedError (405), ...
+    │   │   ├── NotFoundError (404), AccessRefusedError (403),
+    │   │   │   ResourceLockedError (405), ...
+    │   │   ├── PreconditionFailedError (406)
+    │   │   │   └── ConsumerTimeoutError  a delivery stayed unacked past consumer_timeout
     │   │   └── ConnectionForcedError (320, also an AMQPConnectionError)
     │   ├── PublishError              a publish the broker did not take
     │   │   ├── PublishNackedError
@@ -41,6 +43,7 @@ closed a ``"channel"`` or the ``"connection"``, and the method that failed.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -233,11 +236,36 @@ REPLY_CODES: dict[int, type[BrokerError]] = {
 }
 
 
+class ConsumerTimeoutError(PreconditionFailedError):
+    """RabbitMQ closed the channel because a delivery stayed unacked longer than its
+    ``consumer_timeout`` (``406 PRECONDITION_FAILED - delivery acknowledgement on
+    channel 1 timed out``); it requeued every unacked delivery of the channel.
+
+    Attributes:
+        timeout: the broker's consumer_timeout in seconds, when its text says.
+    """
+
+    @property
+    def timeout(self) -> float | None:
+        found = _CONSUMER_TIMEOUT.search(self.reply_text)
+        return int(found.group(1)) / 1000 if found else None
+
+
+_CONSUMER_TIMEOUT = re.compile(r"Timeout value used: (\d+) ms")
+
+
 def broker_error(
     reply_code: int, reply_text: str, *, scope: Scope, method: str | None = None
 ) -> BrokerError:
-    """Build the most specific :class:`BrokerError` for a reply code."""
+    """Build the most specific :class:`BrokerError` for a reply code (and, for a 406
+    about an unacked delivery, :class:`ConsumerTimeoutError`)."""
     cls = REPLY_CODES.get(reply_code, BrokerError)
+    if (
+        cls is PreconditionFailedError
+        and "acknowledgement" in reply_text
+        and "timed out" in reply_text
+    ):
+        cls = ConsumerTimeoutError
     return cls(reply_code, reply_text, scope=scope, method=method)
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from leveret.patterns import dead_letter_queue, retry_queue
+from leveret.patterns import dead_letter_queue, parked_queue, retry_queue
 from tests.conftest import AMQP_URL
 from tests.faults.support import delete_queues
 from tests.support.proxy import TCPProxy
@@ -83,7 +83,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def task_queues(name: str) -> list[str]:
     """A task queue and the dead-letter and delay queues a worker may declare for it."""
-    return [name, dead_letter_queue(name), *(retry_queue(name, n) for n in range(2, 8))]
+    return [
+        name,
+        dead_letter_queue(name),
+        parked_queue(name),
+        *(retry_queue(name, n) for n in range(2, 8)),
+    ]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from leveret.amqp import Channel, Delivery, connect
-from leveret.patterns import dead_letter_queue, retry_queue
+from leveret.patterns import dead_letter_queue, parked_queue, retry_queue
 from leveret.testing import MemoryBroker
 from tests.conftest import AMQP_URL
 from tests.support.waiting import wait_until
@@ -90,6 +90,7 @@ async def cleanup(broker_kind: str) -> AsyncIterator[Cleanup]:
             for queue in (
                 name,
                 dead_letter_queue(name),
+                parked_queue(name),
                 *(retry_queue(name, n) for n in range(2, 8)),
             ):
                 await channel.queue_delete(queue)

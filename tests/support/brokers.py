@@ -23,6 +23,7 @@ MAX_NODES = 10  # per test process: indexes 0..9
 # Who uses which index, so that modules run in one process never share a node:
 #   0: tests/faults/test_broker_restart.py    3: tests/amqp/conftest.py (private_node)
 #   4: tests/amqp/test_tls.py                 5, 6, 7: tests/faults/test_cluster.py
+#   8: tests/faults/test_consumer_timeout.py
 
 
 def _base_port() -> int:
@@ -41,6 +42,7 @@ class PrivateNode:
         *,
         config: Iterable[str] = (),
         plugins: Iterable[str] = (),
+        advanced: str = "",
     ) -> None:
         if not 0 <= index < MAX_NODES:
             raise ValueError(f"node index {index} is outside 0..{MAX_NODES - 1}")
@@ -51,6 +53,8 @@ class PrivateNode:
         self.dir = NODES_ROOT / self.name.split("@")[0]
         self.config = list(config)
         self.plugins = list(plugins)
+        #: Erlang terms for advanced.config (settings rabbitmq.conf has no key for).
+        self.advanced = advanced
 
     @property
     def url(self) -> str:
@@ -67,6 +71,7 @@ class PrivateNode:
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
             RABBITMQ_PID_FILE=str(self.dir / "pid"),
             RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.dir / "advanced.config"),
         )
         return env
 
@@ -82,6 +87,7 @@ class PrivateNode:
                 *self.config,
             ]
             (self.dir / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+            (self.dir / "advanced.config").write_text(f"[{self.advanced}].\n")
             shutil.chown(self.dir, "rabbitmq", "rabbitmq")
             for path in self.dir.rglob("*"):
                 shutil.chown(path, "rabbitmq", "rabbitmq")

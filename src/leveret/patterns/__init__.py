@@ -17,10 +17,10 @@ from ..exceptions import (
     UnroutableError,
 )
 from ._base import Base, Proxy
-from ._call import KeywordCall
+from ._call import DEFAULT_PREFETCH, DEFAULT_THREADS, KeywordCall
 from ._callee import DEADLINE_HEADER
 from ._deadletters import DeadLetter, list_dead_letters, replay_dead_letters
-from ._master import DEFAULT_PREFETCH, CompressedJsonMaster, JsonMaster, Master
+from ._master import CompressedJsonMaster, JsonMaster, Master
 from ._observe import (
     Kind,
     Observer,
@@ -30,7 +30,14 @@ from ._observe import (
     default_observers,
     remove_observer,
 )
-from ._retry import RetryPolicy, TaskInfo, current_task, dead_letter_queue, retry_queue
+from ._retry import (
+    RetryPolicy,
+    TaskInfo,
+    current_task,
+    dead_letter_queue,
+    parked_queue,
+    retry_queue,
+)
 from ._rpc import REPLY_TO, RPC, CompressedJsonRPC, JsonRPC, RPCMessageType
 from ._seam import GetChannel, PatternChannel, QueueType
 from ._serve import serve
@@ -39,6 +46,7 @@ from ._worker import Worker
 __all__ = [
     "DEADLINE_HEADER",
     "DEFAULT_PREFETCH",
+    "DEFAULT_THREADS",
     "REPLY_TO",
     "RPC",
     "Base",
@@ -73,6 +81,7 @@ __all__ = [
     "dead_letter_queue",
     "default_observers",
     "list_dead_letters",
+    "parked_queue",
     "remove_observer",
     "replay_dead_letters",
     "retry_queue",

@@ -18,7 +18,7 @@ from ..amqp import Delivery
 from ..exceptions import AMQPError, CallRedeliveredError, ConfigurationError
 from ._call import KeywordCall
 from ._handler import Handler, Result
-from ._observe import FAILED, REJECTED, REQUEUED, SKIPPED, SUCCEEDED, Observers
+from ._observe import FAILED, REJECTED, REQUEUED, SKIPPED, SUCCEEDED, Observers, Outcome
 from ._seam import PatternChannel
 from ._settle import settle
 
@@ -57,19 +57,25 @@ class Callee(Handler):
         super().__init__(
             channel,
             queue,
-            call.name,
+            call,
             limit=limit,
             broker_counts=broker_counts,
             max_redeliveries=max_redeliveries,
             observers=observers,
         )
-        self.call = call
         self._decode = decode
         self._encode = encode
         self._encode_error = encode_error
         self._content_type = content_type
         self._delivery_mode = delivery_mode
         self._host_exceptions = host_exceptions
+
+    async def _running_elsewhere(self, delivery: Delivery) -> Outcome:
+        # The run going on here replies to the caller; a second run would only be a
+        # second reply.
+        self._log(logging.WARNING, delivery, "came back while it still runs here; acked, not run")
+        settle(delivery, "ack", what=self._what(delivery))
+        return SKIPPED
 
     async def _process(self, delivery: Delivery) -> Result:
         """Run one call, reply, settle."""
@@ -120,7 +126,7 @@ class Callee(Handler):
             problem = self.call.check(kwargs)
             if problem is not None:
                 raise TypeError(f"{name}(): {problem}")
-            body = self._encode(await self.call(kwargs))
+            body = self._encode(await self._run(delivery, kwargs))
         except Exception as exc:
             if self._host_exceptions():
                 self._log(logging.ERROR, delivery, "raised", exc_info=exc)

@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 from ..amqp import Delivery
-from ..exceptions import AMQPError
-from ._observe import REQUEUED, Kind, Observers, Outcome
-from ._retry import DELIVERY_COUNT_HEADER, REDELIVERIES_HEADER, int_header
+from ..exceptions import AMQPError, ConsumerTimeoutError
+from ._call import KeywordCall
+from ._observe import REJECTED, REQUEUED, SKIPPED, Kind, Observers, Outcome
+from ._retry import DELIVERY_COUNT_HEADER, PARKED_HEADER, REDELIVERIES_HEADER, int_header
 from ._runner import Runner
 from ._seam import PatternChannel
 from ._settle import move, settle
+from ._threads import ThreadPool, TimeLimitExceeded
 
 log = logging.getLogger("leveret.patterns")
 
 #: How handling a delivery ended, for the observers: the outcome and what was raised.
 Result = tuple[Outcome, BaseException | None]
+#: Deliveries remembered as handled although their ack never reached the broker.
+HANDLED_MEMORY = 10_000
 
 
 class Handler:
@@ -45,7 +51,7 @@ class Handler:
         self,
         channel: PatternChannel,
         queue: str,
-        name: str,
+        call: KeywordCall,
         *,
         limit: int,
         broker_counts: bool,
@@ -56,12 +62,24 @@ class Handler:
         #: The queue consumed (for a callee on an exchange, ``"<exchange>::<method>"``).
         self.queue = queue
         #: The task or method name.
-        self.name = name
+        self.name = name = call.name
+        self.call = call
         self.consumer_tag = ""
         self._broker_counts = broker_counts
         self._max_redeliveries = max_redeliveries
         self._observers = observers
         self._runner = Runner(self._handle, limit, f"{self.kind} {name!r}")
+        # A plain function gets as many threads as deliveries run at once: none waits.
+        self._threads = None if call.is_async else ThreadPool(limit, f"leveret {self.kind} {name}")
+        #: The deliveries whose function runs now, with the event loop's time it started.
+        self.running: dict[Delivery, float] = {}
+        # Deliveries handled to the end whose ack was lost with their channel: when the
+        # broker hands one back, it is acked, not run again (see _already_handled).
+        self._handled: OrderedDict[tuple[Any, ...], Outcome] = OrderedDict()
+        self._clock = asyncio.get_running_loop().time
+        #: The broker's consumer_timeout, once a channel close told it.
+        self._consumer_timeout: float | None = None
+        self._parking = False  # a copy was parked: deliveries may carry PARKED_HEADER
         self._closed = False
 
     @property
@@ -95,6 +113,8 @@ class Handler:
                 await self.channel.cancel(self.consumer_tag)
         await self._runner.close(timeout)
         self._forget_channel()
+        if self._threads is not None:
+            self._threads.shutdown()
 
     def _forget_channel(self) -> None:
         with contextlib.suppress(ValueError):
@@ -103,6 +123,33 @@ class Handler:
     def _on_channel_closed(self, channel: PatternChannel, reason: BaseException | None) -> None:
         if channel.is_closed:  # a robust channel that will reopen is not closed
             self._runner.abandon()  # nothing can be settled any more
+            return
+        # It will reopen, but the deliveries of this life of the channel cannot be
+        # settled any more: the broker has requeued them. Those not started are
+        # dropped (they come back); those running finish, and are remembered.
+        waiting = self._runner.drop_waiting()
+        if isinstance(reason, ConsumerTimeoutError):
+            self._consumer_timed_out(reason, waiting)
+
+    def _consumer_timed_out(self, reason: ConsumerTimeoutError, waiting: int) -> None:
+        limit = self._consumer_timeout = reason.timeout
+        now = self._clock()
+        for delivery, started in list(self.running.items()):
+            age = now - started
+            if limit is not None and age < limit:
+                continue
+            self._log(
+                logging.ERROR,
+                delivery,
+                "has run %.1f s, past the broker's consumer_timeout (%s): RabbitMQ closed the "
+                "channel and requeued its unacked deliveries (%d not started here yet). It "
+                "finishes here and is not run again by this %s when it comes back; set a "
+                "time_limit below consumer_timeout, or raise consumer_timeout in rabbitmq.conf",
+                age,
+                f"{limit:g} s" if limit is not None else "unknown",
+                waiting,
+                "worker" if self.kind == "task" else "callee",
+            )
 
     # -- one delivery ----------------------------------------------------------------
 
@@ -111,7 +158,17 @@ class Handler:
         started = observers.start(self.kind, self.name, delivery) if observers else None
         result: Result = (REQUEUED, None)
         try:
-            result = await self._process(delivery)
+            again = delivery.redelivered or (
+                self._parking and PARKED_HEADER in (delivery.properties.headers or ())
+            )
+            if again and self._handled and self._already_handled(delivery):
+                result = (SKIPPED, None)
+            elif again and self._running_here(delivery):
+                result = (await self._running_elsewhere(delivery), None)
+            else:
+                result = await self._process(delivery)
+                if delivery.settled is None and result[0] not in (REQUEUED, REJECTED):
+                    self._remember(delivery, result[0])
         except asyncio.CancelledError:
             # Shutdown ran out of time, or the channel is gone: back to the queue.
             settle(delivery, "nack", requeue=True, what=self._what(delivery))
@@ -119,6 +176,82 @@ class Handler:
         finally:
             if started is not None:
                 observers.finish(started, self.kind, self.name, *result)
+
+    @staticmethod
+    def _identity(delivery: Delivery) -> tuple[Any, ...]:
+        props = delivery.properties
+        return (props.message_id, props.correlation_id, delivery.routing_key, hash(delivery.body))
+
+    def _remember(self, delivery: Delivery, outcome: Outcome) -> None:
+        """``delivery`` was handled to the end, but its ack was lost with its channel."""
+        handled = self._handled
+        handled[self._identity(delivery)] = outcome
+        while len(handled) > HANDLED_MEMORY:
+            handled.popitem(last=False)
+
+    def _running_here(self, delivery: Delivery) -> bool:
+        """Whether another delivery of the same message is running here now (the
+        broker requeued it when the channel closed under it, as after a
+        consumer_timeout, and handed it back while the first run goes on)."""
+        identity = self._identity(delivery)
+        return any(
+            other is not delivery and self._identity(other) == identity for other in self.running
+        )
+
+    async def _running_elsewhere(self, delivery: Delivery) -> Outcome:
+        """What to do with a redelivery of a message that is running here already
+        (see :meth:`_running_here`); the subclass decides."""
+        raise NotImplementedError
+
+    def _already_handled(self, delivery: Delivery) -> bool:
+        """Ack ``delivery`` if it is one this handler ran to the end before (the broker
+        requeued it when the channel closed under it, as after a consumer_timeout)."""
+        outcome = self._handled.pop(self._identity(delivery), None)
+        if outcome is None:
+            return False
+        self._log(
+            logging.WARNING,
+            delivery,
+            "came back after its channel closed, but it was already handled here (%s); "
+            "acked, not run again",
+            outcome.replace("_", " "),
+        )
+        settle(delivery, "ack", what=self._what(delivery))
+        return True
+
+    async def _run(
+        self, delivery: Delivery, kwargs: dict[str, Any], time_limit: float | None = None
+    ) -> Any:
+        """The function's result for ``kwargs`` (from ``delivery``): awaited on the event
+        loop, or run in one of this handler's threads.
+
+        Raises:
+            TimeLimitExceeded: it ran longer than ``time_limit`` seconds.
+            Exception: what the function raised.
+        """
+        self.running[delivery] = self._clock()
+        try:
+            return await self._call_function(kwargs, time_limit)
+        finally:
+            del self.running[delivery]
+
+    async def _call_function(self, kwargs: dict[str, Any], time_limit: float | None) -> Any:
+        func = self.call.func
+        if self._threads is not None:
+            result = await self._threads.run(func, kwargs, time_limit=time_limit)
+            if inspect.isawaitable(result):  # a plain function that hands back a coroutine
+                result = await result
+            return result
+        if time_limit is None:  # entering a timeout context costs a few µs per delivery
+            return await func(**kwargs)
+        limit = asyncio.timeout(time_limit)
+        try:
+            async with limit:
+                return await func(**kwargs)
+        except TimeoutError:
+            if limit.expired():
+                raise TimeLimitExceeded(f"ran longer than its {time_limit} s limit") from None
+            raise
 
     async def _process(self, delivery: Delivery) -> Result:
         """Handle and settle one delivery; never raises but ``CancelledError``."""
@@ -143,6 +276,8 @@ class Handler:
         if count > self._max_redeliveries:
             return count
         await self._move(delivery, self.queue, {REDELIVERIES_HEADER: count})
+        if delivery.settled is None:  # the copy is out, but the ack was lost
+            self._remember(delivery, REQUEUED)
         return None
 
     async def _move(
@@ -153,10 +288,10 @@ class Handler:
         *,
         expiration: int | None = None,
         declare: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
+    ) -> bool:
         """A copy of ``delivery`` to ``queue``, confirmed, then the original acked (see
-        :func:`move`); requeued instead if the copy cannot be published."""
-        await move(
+        :func:`move`); requeued instead if the copy cannot be published. Whether it moved."""
+        return await move(
             self.channel,
             delivery,
             queue,

@@ -28,10 +28,6 @@ from ._worker import Worker
 
 log = logging.getLogger("leveret.patterns")
 
-#: Unacked tasks per worker. RabbitMQ advises 100-300 for throughput; 256 keeps
-#: the broker streaming to a busy worker while bounding what a crash requeues.
-DEFAULT_PREFETCH = 256
-
 
 class Master(Base):
     """Creates tasks, and workers that run them.
@@ -66,7 +62,7 @@ class Master(Base):
         *,
         serializer: str | Serializer | None = None,
         accept: Collection[str] = (),
-        prefetch_count: int = DEFAULT_PREFETCH,
+        prefetch_count: int | None = None,
         observers: Observers | Iterable[Observer] | None = None,
     ) -> None:
         super().__init__(serializer=serializer, accept=accept)
@@ -210,7 +206,7 @@ class Master(Base):
             retries=policy,
             dead_letter=dead_letter,
             time_limit=time_limit,
-            limit=prefetch_count or self.prefetch_count,
+            limit=prefetch_count or self.prefetch_count or call.default_concurrency,
             queue_type=queue_type,
             requeue=self.requeue,
             reject_on_redelivered=self.reject_on_redelivered,

@@ -44,6 +44,8 @@ DEAD_LETTERED_AT_HEADER = "x-leveret-dead-lettered-at"
 DROPPED_HEADER = "x-leveret-dropped"
 #: The user_id of the original message (the broker refuses a copy that keeps it).
 ORIGINAL_USER_ID_HEADER = "x-leveret-original-user-id"
+#: Set on a copy of a task parked while the same task still runs on its worker.
+PARKED_HEADER = "x-leveret-parked"
 
 DEAD_LETTER_HEADERS = (
     REASON_HEADER,
@@ -63,6 +65,11 @@ DEAD_LETTER_HEADERS = (
 def dead_letter_queue(task: str) -> str:
     """Where a task's dead letters go."""
     return f"{task}.dlq"
+
+
+def parked_queue(task: str) -> str:
+    """Where a task waits, a moment at a time, while another copy of it still runs."""
+    return f"{task}.parked"
 
 
 def retry_queue(task: str, attempt: int) -> str:

@@ -36,7 +36,6 @@ from ..serializers import JSON, JSONSerializer, Serializer
 from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
 from ._call import KeywordCall
 from ._callee import DEADLINE_HEADER, Callee
-from ._master import DEFAULT_PREFETCH
 from ._observe import Observer, Observers
 from ._remote import error_payload, rebuild_error
 from ._seam import PatternChannel, QueueType, is_quorum
@@ -135,7 +134,7 @@ class RPC(Base):
         timeout: float | None = None,
         serializer: str | Serializer | None = None,
         accept: Collection[str] = (),
-        prefetch_count: int = DEFAULT_PREFETCH,
+        prefetch_count: int | None = None,
         exceptions: Collection[type[Exception]] = (),
         max_redeliveries: int = 5,
         observers: Observers | Iterable[Observer] | None = None,
@@ -471,7 +470,7 @@ class RPC(Base):
             content_type=self.CONTENT_TYPE,
             delivery_mode=self.DELIVERY_MODE,
             host_exceptions=lambda: self.host_exceptions,
-            limit=prefetch_count or self.prefetch_count,
+            limit=prefetch_count or self.prefetch_count or call.default_concurrency,
             broker_counts=quorum,  # only a quorum queue's x-delivery-count counts
             max_redeliveries=self.max_redeliveries,
             observers=self.observers,

@@ -6,6 +6,12 @@ suspending cost no task and no wake-up each; before starting a delivery while
 more are waiting, it makes sure one other runner is on its way, so a handler
 that suspends (I/O, a thread pool) never holds up the rest. At most ``limit``
 deliveries are handled at once.
+
+Trap: a runner whose handlers never suspend (CPU-bound ``async def``
+functions) would keep the event loop to itself until its queue is empty, and
+everything they write (replies, acks) leaves only when the loop turn ends. So a
+runner yields to the loop once it has run for :data:`SLICE` seconds, and a
+reply waits for at most one slice, not for every handler queued before it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from ._settle import settle
 log = logging.getLogger("leveret.patterns")
 
 Handler = Callable[[Delivery], Awaitable[None]]
+#: The longest a runner keeps the event loop before it lets other work (writes) run.
+SLICE = 0.005
 
 
 class Runner:
@@ -72,8 +80,10 @@ class Runner:
 
     async def _run(self) -> None:
         queue = self._queue
+        clock = self._loop.time
         while True:
             self._ready -= 1
+            slice_ends = clock() + SLICE
             while queue:
                 delivery = queue.popleft()
                 if queue and not self._ready:
@@ -83,11 +93,21 @@ class Runner:
                     await self._handler(delivery)
                 finally:
                     self._active -= 1
+                if queue and clock() > slice_ends:
+                    await asyncio.sleep(0)  # let what the handlers wrote go out
+                    slice_ends = clock() + SLICE
             if self._closing:
                 return
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._idle.append(waiter)
             await waiter
+
+    def drop_waiting(self) -> int:
+        """Forget the deliveries not started yet (their channel closed: the broker has
+        requeued them, and they can no longer be settled here); how many."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        return dropped
 
     def abandon(self) -> None:
         """The channel is gone for good: cancel every runner (nothing can be settled)."""

@@ -19,7 +19,6 @@ without requeue (dropped, or routed by the queue's own dead-letter exchange).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import traceback
@@ -48,16 +47,19 @@ from ._retry import (
     EXCEPTION_TYPE_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
+    PARKED_HEADER,
     REASON_HEADER,
     TRACEBACK_HEADER,
     RetryPolicy,
     _current,
     dead_letter_queue,
     int_header,
+    parked_queue,
     retry_queue,
 )
 from ._seam import PatternChannel, QueueType
 from ._settle import settle
+from ._threads import TimeLimitExceeded
 
 log = logging.getLogger("leveret.patterns")
 
@@ -91,7 +93,7 @@ class Worker(Handler):
         super().__init__(
             channel,
             call.name,
-            call.name,
+            call,
             limit=limit,
             broker_counts=queue_type == "quorum",
             max_redeliveries=retries.max_redeliveries,
@@ -102,7 +104,6 @@ class Worker(Handler):
         self.time_limit = time_limit
         self.requeue = requeue
         self.reject_on_redelivered = reject_on_redelivered
-        self._call = call
         self._decode = decode
         self._queue_type = queue_type
         # An auto-delete or exclusive worker's dead-letter and retry queues go with it.
@@ -140,8 +141,32 @@ class Worker(Handler):
                 )
         self._own_queues.clear()
 
+    async def _running_elsewhere(self, delivery: Delivery) -> Outcome:
+        # Not run twice at once, and not held either (held unacked, it would trip the
+        # consumer_timeout again): parked for a moment, then looked at again. By then
+        # the run going on here has ended (the copy is acked) or it has not.
+        self._parking = True
+        wait = (self._consumer_timeout or 4.0) / 2
+        queue = parked_queue(self.name)
+        self._log(
+            logging.WARNING,
+            delivery,
+            "came back while it still runs here; parked in %s for %.1f s",
+            queue,
+            wait,
+        )
+        await self._move(
+            delivery,
+            queue,
+            {PARKED_HEADER: 1},
+            expiration=max(1, int(wait * 1000)),
+            declare=lambda: self.declare(queue),
+        )
+        return REQUEUED
+
     async def declare(self, queue: str) -> None:
-        """Declare this worker's dead-letter queue or one of its retry queues."""
+        """Declare this worker's dead-letter queue, one of its retry queues or its parking
+        queue (those two dead-letter back to the task queue)."""
         if queue == dead_letter_queue(self.name):
             # The same type as the task queue: a quorum task queue dead-letters into it
             # itself, and a re-declare of another type would fail with 406.
@@ -162,28 +187,26 @@ class Worker(Handler):
         if redeliveries is None:
             return REQUEUED, None
         if redeliveries > self.retries.max_redeliveries:
-            reason = (
-                f"redelivered {redeliveries} times (it may crash its worker, or was requeued "
-                "again and again)"
+            timeout = self._consumer_timeout
+            reason = f"redelivered {redeliveries} times " + (
+                f"(it runs longer than the broker's consumer_timeout, {timeout:g} s, which "
+                "requeues it each time: set a time_limit below it or raise it)"
+                if timeout is not None
+                else "(it may crash its worker, or was requeued again and again)"
             )
             return await self._dead_letter(delivery, reason, attempt), None
         try:
             kwargs = self._decode(delivery)
         except SerializationError as exc:
             return await self._dead_letter(delivery, str(exc), attempt), exc
-        problem = self._call.check(kwargs)
+        problem = self.call.check(kwargs)
         if problem is not None:
-            reason = f"{problem} for {self._call.func!r}"
+            reason = f"{problem} for {self.call.func!r}"
             return await self._dead_letter(delivery, reason, attempt), None
         # What current_task() reports, built only if the function asks for it.
         token = _current.set((self.name, delivery, attempt, redeliveries))
-        limit = None if self.time_limit is None else asyncio.timeout(self.time_limit)
         try:
-            if limit is None:  # entering a timeout context costs a few µs per task
-                await self._call(kwargs)
-            else:
-                async with limit:
-                    await self._call(kwargs)
+            await self._run(delivery, kwargs, self.time_limit)
         except MessageProcessingError as exc:
             if exc.requeue:
                 settle(delivery, "nack", requeue=True, what=self._what(delivery))
@@ -192,11 +215,12 @@ class Worker(Handler):
             # The function's own decision: worth a note, not an error.
             reason = f"{verb} by the task function"
             return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), exc
+        except TimeLimitExceeded:
+            error = TimeoutError(
+                f"task {self.name!r} ran longer than its {self.time_limit} s limit"
+            )
+            return await self._failed(delivery, error, attempt, redeliveries), error
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and limit is not None and limit.expired():
-                exc = TimeoutError(
-                    f"task {self.name!r} ran longer than its {self.time_limit} s limit"
-                )
             return await self._failed(delivery, exc, attempt, redeliveries), exc
         finally:
             _current.reset(token)
@@ -218,14 +242,14 @@ class Worker(Handler):
                 attempt=attempt,
             )
             queue = retry_queue(self.name, attempt + 1)
-            await self._move(
+            moved = await self._move(
                 delivery,
                 queue,
                 {ATTEMPT_HEADER: attempt + 1},
                 expiration=max(1, int(delay * 1000)),
                 declare=lambda: self.declare(queue),
             )
-            return RETRIED
+            return RETRIED if moved else REQUEUED
         again = self.reject_on_redelivered and redeliveries > 0
         if self.requeue and not again:
             self._log(
@@ -243,8 +267,8 @@ class Worker(Handler):
             reason = f"failed again after {redeliveries} redelivery(s) (reject_on_redelivered)"
         else:
             reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
-        await self._dead_letter(delivery, reason, attempt, error)
-        return FAILED
+        outcome = await self._dead_letter(delivery, reason, attempt, error)
+        return FAILED if outcome == DEAD_LETTERED else outcome
 
     async def _dead_letter(
         self,
@@ -272,5 +296,5 @@ class Worker(Handler):
             headers[TRACEBACK_HEADER] = "".join(traceback.format_exception(error))[-8000:]
         queue = dead_letter_queue(self.name)
         self._log(level, delivery, "goes to %s: %s", queue, reason, attempt=attempt)
-        await self._move(delivery, queue, headers, declare=lambda: self.declare(queue))
-        return DEAD_LETTERED
+        moved = await self._move(delivery, queue, headers, declare=lambda: self.declare(queue))
+        return DEAD_LETTERED if moved else REQUEUED
