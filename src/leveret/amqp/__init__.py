@@ -5,13 +5,16 @@ ack, confirms) is parsed and packed by hand; frames are read from one buffer in
 ``data_received`` and writes are batched per event-loop turn.
 
 Besides the client (:func:`connect`, :func:`connect_robust`, :class:`Channel`
-...), this package exports the seams another broker implements to look the
-same to its users, as the in-memory broker of :mod:`leveret.testing` does:
-:class:`Delivery` settles through a :class:`Settler`; :class:`Consumer`,
-:class:`DeliveryIterator`, :func:`notify_cancel` and the confirm and return
-rules (:func:`resolve_confirm`, :func:`publish_not_confirmed`,
-:func:`dispatch_return`) are shared by both, with :class:`TaskOwner` and the
-field codec (:func:`encode_table`, :func:`decode_table`, :func:`encode_shortstr`).
+...), this package exports what another broker's channel shares to behave the
+same for its users, as the in-memory broker of :mod:`leveret.testing` does:
+:class:`Delivery` settles through a :class:`Settler`; the channel methods
+:class:`Declarations` (declare, bind, delete ...) and :class:`Consuming`
+(``consume``, ``iterate``) are written once over a channel's ``_declare`` and
+``_consume``; :class:`Consumer`, :class:`DeliveryIterator`, :func:`notify_cancel`
+and the confirm and return rules (:func:`resolve_confirm`,
+:func:`publish_not_confirmed`, :func:`dispatch_return`) are shared by both, with
+:class:`TaskOwner` and the field codec (:func:`encode_table`, :func:`decode_table`,
+:func:`encode_shortstr`).
 """
 
 from ._channel import Channel

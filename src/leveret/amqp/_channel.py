@@ -6,8 +6,10 @@ close) owns an :class:`~._acks.AckWindow` (settling deliveries), a
 :class:`~._content.ChannelFrames` (the frames the protocol hands over). A
 publish costs one future and no task; deliveries go from ``data_received``
 straight to the consumer's callback; only an async callback gets a task (owned
-by the channel, cancelled on close). The declaring methods are in
-:mod:`._declare`; :class:`~._robust.RobustChannel` adds reopening.
+by the channel, cancelled on close). The declaring methods come from
+:class:`~._declare.Declarations` and ``consume``/``iterate`` from
+:class:`~._consumer.Consuming` (both shared with the in-memory channel);
+:class:`~._robust.RobustChannel` adds reopening.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret.amqp")
 
 _PUBLISH_CACHE_SIZE: Final = 1024
-
 
 _OPENING: Final = ChannelState.OPENING
 _OPEN: Final = ChannelState.OPEN
@@ -237,17 +238,23 @@ class Channel(Declarations, Consuming):
         """
         if not 0 <= prefetch_count <= 65535:
             raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
-        await self._ready_call(
-            "basic.qos",
-            ("basic.qos-ok",),
-            prefetch_count=prefetch_count,
-            prefetch_size=prefetch_size,
-            global_=global_,
-        )
+        if self._state is not _OPEN:
+            await self._ensure_open()
+        await self._send_qos((prefetch_count, prefetch_size), global_=global_)
         if global_:
             self._global_prefetch = (prefetch_count, prefetch_size)
         else:
             self._prefetch = (prefetch_count, prefetch_size)
+
+    async def _send_qos(self, prefetch: tuple[int, int], *, global_: bool = False) -> None:
+        count, size = prefetch
+        await self._call(
+            "basic.qos",
+            ("basic.qos-ok",),
+            prefetch_count=count,
+            prefetch_size=size,
+            global_=global_,
+        )
 
     def _write(self, frame: bytes) -> None:
         protocol = self._connection._protocol
@@ -414,22 +421,23 @@ class Channel(Declarations, Consuming):
             elif not waiter.cancelled():
                 waiter.exception()  # failed with the channel; the caller got that error
 
-    def _on_get(
-        self,
-        tag: int,
-        redelivered: bool,
-        exchange: str,
-        routing_key: str,
-        count: int,
-        props: Properties,
-        body: bytes,
-    ) -> None:
-        """The message of a ``basic.get-ok``."""
+    def _on_get(self, ok: dict[str, Any], props: Properties, body: bytes) -> None:
+        """The message of a ``basic.get-ok`` (``ok`` holds its arguments)."""
         no_ack = self._get_no_ack
+        tag = ok["delivery_tag"]
         if not no_ack:
             self._acks.unsettled.append(tag)
         delivery = Delivery(
-            self._acks, body, props, tag, exchange, routing_key, redelivered, None, no_ack, count
+            self._acks,
+            body,
+            props,
+            tag,
+            ok["exchange"],
+            ok["routing_key"],
+            ok["redelivered"],
+            None,
+            no_ack,
+            ok["message_count"],
         )
         if self._get_waiter is not None and not self._get_waiter.done():
             self._get_waiter.set_result(delivery)

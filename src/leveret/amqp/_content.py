@@ -93,25 +93,13 @@ class ChannelFrames:
             self._confirms.confirmed(tag, bool(bits & 1), method_id == BASIC_ACK)
         else:
             method = decode_method(buf, start, end)
-            args = method.args
             if method.name == "basic.return":  # the returned message follows
                 self._kind = _RETURN
-                self._meta = (
-                    args["reply_code"],
-                    args["reply_text"],
-                    args["exchange"],
-                    args["routing_key"],
-                )
+                self._meta = method.args
                 return
             if method.name == "basic.get-ok":  # the fetched message follows
                 self._kind = _GET
-                self._meta = (
-                    args["delivery_tag"],
-                    args["redelivered"],
-                    args["exchange"],
-                    args["routing_key"],
-                    args["message_count"],
-                )
+                self._meta = method.args
             self._channel._on_method(method)
 
     def on_header(self, buf: bytes, start: int, end: int) -> None:
@@ -152,13 +140,18 @@ class ChannelFrames:
         if kind == _DELIVER:
             self._deliver(props, body)
         elif kind == _RETURN:
-            code, text, exchange, routing_key = self._meta
-            self._channel._on_return(
-                ReturnedMessage(code, text, exchange, routing_key, body, props)
+            args = self._meta  # of the basic.return
+            returned = ReturnedMessage(
+                args["reply_code"],
+                args["reply_text"],
+                args["exchange"],
+                args["routing_key"],
+                body,
+                props,
             )
+            self._channel._on_return(returned)
         else:
-            tag, redelivered, exchange, routing_key, count = self._meta
-            self._channel._on_get(tag, redelivered, exchange, routing_key, count, props, body)
+            self._channel._on_get(self._meta, props, body)
 
     def _deliver(self, props: Properties, body: bytes) -> None:
         consumer_tag, tag, redelivered, exchange, routing_key = self._meta

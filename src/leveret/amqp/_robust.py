@@ -128,14 +128,7 @@ class RobustChannel(Channel):
         while True:
             await self._open()
             if self._global_prefetch is not None:
-                count, size = self._global_prefetch
-                await self._call(
-                    "basic.qos",
-                    ("basic.qos-ok",),
-                    prefetch_count=count,
-                    prefetch_size=size,
-                    global_=True,
-                )
+                await self._send_qos(self._global_prefetch, global_=True)
             current: tuple[int, int] | None = None
             try:
                 for consumer in list(self._consumers.values()):
@@ -145,12 +138,7 @@ class RobustChannel(Channel):
                     consumer.queue = renames.get(consumer.queue, consumer.queue)
                     if consumer.prefetch is not None and consumer.prefetch != current:
                         current = consumer.prefetch
-                        await self._call(
-                            "basic.qos",
-                            ("basic.qos-ok",),
-                            prefetch_count=current[0],
-                            prefetch_size=current[1],
-                        )
+                        await self._send_qos(current)
                     try:
                         await self._start_consumer(consumer)
                     except BrokerError as exc:
@@ -166,10 +154,7 @@ class RobustChannel(Channel):
                     raise
                 continue
             if self._prefetch is not None and self._prefetch != current:
-                count, size = self._prefetch
-                await self._call(
-                    "basic.qos", ("basic.qos-ok",), prefetch_count=count, prefetch_size=size
-                )
+                await self._send_qos(self._prefetch)
             return
 
     def _reopen_done(self, error: BaseException | None) -> None:
