@@ -1,90 +1,39 @@
-"""App decorators and the leveret run / status / demo commands, against the real broker."""
+"""App: decorators, handles, where it connects, and testing an app's own code.
 
-import asyncio
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
-import urllib.request
+The command line that serves an App is tested in tests/cli.
+"""
+
+from __future__ import annotations
+
 import uuid
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from leveret import App, connect
+from leveret import App, RejectMessage, connect
 from leveret.exceptions import ConfigurationError
-from tests.conftest import AMQP_URL
+from leveret.patterns import RPC
+from leveret.testing import MemoryBroker, drain
 from tests.support.waiting import wait_until
 
-APP_MODULE = textwrap.dedent(
-    """
-    import os
-    from pathlib import Path
-    from leveret import App
-
-    app = App(os.environ["AMQP_URL"], prefix=os.environ["APP_PREFIX"])
-    out = Path(os.environ["APP_OUT"])
-
-    @app.task(prefetch_count=10)
-    async def record(*, n: int) -> None:
-        with out.open("a") as f:
-            f.write(f"{os.getpid()} {n}\\n")
-
-    @app.rpc()
-    def multiply(*, x: int, y: int) -> int:
-        return x * y
-    """
-)
+#: One App for the whole module, as users declare theirs: each test has its own
+#: event loop, and the app must serve every one of them.
+shared = App(prefix="shared")
+shared_done: list[int] = []
 
 
-@pytest.fixture
-def app_module(tmp_path: Path, amqp_url: str) -> tuple[Path, dict[str, str]]:
-    (tmp_path / "demoapp.py").write_text(APP_MODULE)
-    env = {
-        "AMQP_URL": AMQP_URL,
-        "APP_PREFIX": f"app-{uuid.uuid4().hex[:8]}",
-        "APP_OUT": str(tmp_path / "out.txt"),
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(tmp_path),
-    }
-    return tmp_path, env
+@shared.task
+async def record(*, n: int) -> None:
+    shared_done.append(n)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+@shared.rpc
+async def double(*, x: int) -> int:
+    return 2 * x
 
 
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        body: bytes = response.read()
-    return body.decode()
-
-
-def _client_app(env: dict[str, str]) -> App:
-    """The same tasks, declared in this process (as a client would import them)."""
-    app = App(AMQP_URL, prefix=env["APP_PREFIX"])
-
-    @app.task()
-    async def record(*, n: int) -> None: ...
-
-    @app.rpc()
-    def multiply(*, x: int, y: int) -> int:
-        raise AssertionError("the served processes run it, never the client")
-
-    return app
-
-
-async def _consumers(queue: str) -> int:
-    async with await connect(AMQP_URL) as conn:
-        channel = await conn.channel()
-        try:
-            return (await channel.queue_declare(queue, passive=True)).consumer_count
-        except Exception:
-            return 0
+def _app() -> App:
+    return App(prefix=f"app-{uuid.uuid4().hex[:8]}")
 
 
 async def test_handles_are_plain_callables_and_reach_workers_started_by_the_app(
@@ -101,12 +50,12 @@ async def test_handles_are_plain_callables_and_reach_workers_started_by_the_app(
     async def shout(*, word: str) -> str:
         return word.upper()
 
-    await greet(name="local")  # the plain function, as a unit test would call it
-    assert await shout.func(word="local") == "LOCAL"
+    await greet(name="local")  # the plain functions, as a unit test would call them
+    assert await shout(word="local") == "LOCAL"
     async with await connect(amqp_url) as serving, app:
         master, rpc = await app.start(serving)
         await greet.send(name="remote")
-        assert await shout(word="hi") == "HI"
+        assert await shout.call(word="hi") == "HI"
         await wait_until(lambda: seen == ["local", "remote"], 5, "the remote task")
         with pytest.raises(TypeError, match="keyword arguments only"):
             await greet.send("positional")  # type: ignore[call-arg]
@@ -115,6 +64,36 @@ async def test_handles_are_plain_callables_and_reach_workers_started_by_the_app(
         channel = await serving.channel()
         for queue in (greet.name, f"{greet.name}.dlq", shout.name):
             await channel.queue_delete(queue)
+
+
+def test_decorators_work_with_and_without_parentheses() -> None:
+    app = App(prefix="shop")
+
+    @app.task
+    def bare_task(*, n: int) -> int:
+        return n
+
+    @app.task(name="named", prefetch_count=3)
+    def task_with_options(*, n: int) -> int:
+        return n
+
+    @app.rpc
+    def bare_rpc(*, n: int) -> int:
+        return -n
+
+    @app.rpc(name="negate")
+    def rpc_with_options(*, n: int) -> int:
+        return -n
+
+    assert sorted(app.tasks) == ["shop.bare_task", "shop.named"]
+    assert sorted(app.rpcs) == ["shop.bare_rpc", "shop.negate"]
+    assert app.tasks["shop.named"].options["prefetch_count"] == 3
+    assert (bare_task(n=1), task_with_options(n=2), bare_rpc(n=3), rpc_with_options(n=4)) == (
+        1,
+        2,
+        -3,
+        -4,
+    )
 
 
 def test_a_name_declared_twice_is_refused() -> None:
@@ -129,175 +108,124 @@ def test_a_name_declared_twice_is_refused() -> None:
         def other() -> None: ...
 
 
-def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "leveret.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-async def test_leveret_run_serves_an_app_in_several_processes_and_stops_on_sigterm(
-    app_module: tuple[Path, dict[str, str]],
+@pytest.mark.parametrize(
+    ("func", "problem"),
+    [
+        (lambda order, /: None, "positional-only parameters \\(order, before a /\\)"),
+        (lambda *orders: None, "takes only positional arguments \\(\\*args\\)"),
+    ],
+)
+def test_functions_that_cannot_take_keyword_arguments_are_refused_when_declared(
+    func: Any, problem: str
 ) -> None:
-    folder, env = app_module
-    port = _free_port()
-    runner = _spawn(
-        env,
-        "run",
-        "demoapp:app",
-        "--processes",
-        "2",
-        "--url",
-        AMQP_URL,
-        "--metrics-port",
-        str(port),
-    )
-    client = _client_app(env)
-    queue = f"{env['APP_PREFIX']}.record"
+    app = App()
+    with pytest.raises(ConfigurationError, match=problem):
+        app.task(name="t")(func)
+    with pytest.raises(ConfigurationError, match=problem):
+        app.rpc(name="r")(func)
+    assert not app.tasks and not app.rpcs
 
-    async def both_consume() -> bool:
-        return await _consumers(queue) == 2
 
-    try:
-        await wait_until(both_consume, 10, "both processes to consume")
-        async with client:
-            for n in range(100):
-                await client.tasks[queue].send(n=n)
-            assert await client.rpcs[f"{env['APP_PREFIX']}.multiply"](x=6, y=7) == 42
-        out = folder / "out.txt"
-        await wait_until(
-            lambda: out.exists() and len(out.read_text().splitlines()) == 100, 10, "a hundred tasks"
+async def test_a_send_or_call_that_does_not_fit_the_signature_is_refused_before_sending() -> None:
+    app = _app()
+
+    @app.task
+    async def send_receipt(*, order: int, email: str) -> None: ...
+
+    @app.rpc
+    def price(*, sku: str, quantity: int = 1) -> float:
+        return 9.5 * quantity
+
+    async with app.testing() as running:
+        with pytest.raises(TypeError) as refused:
+            await send_receipt.send(orderr=1, email="a@example.com")  # type: ignore[call-arg]
+        assert str(refused.value) == (
+            f"{send_receipt.name}.send(): missing argument order; unexpected argument orderr; "
+            "the function is send_receipt(*, order: int, email: str) -> None"
         )
-        pids = {line.split()[0] for line in out.read_text().splitlines()}
-        received = [
-            sum(
-                float(line.rpartition(" ")[2])
-                for line in text.splitlines()
-                if line.startswith(f'leveret_tasks_received_total{{task="{queue}"}}')
-            )
-            for text in await asyncio.gather(
-                *(asyncio.to_thread(_scrape, p) for p in (port, port + 1))
-            )
-        ]
-        assert sum(received) == 100 and all(received)
-        runner.send_signal(signal.SIGTERM)
-        _, err = await asyncio.to_thread(runner.communicate, timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-    assert runner.returncode == 0, err
-    assert len(pids) == 2  # both processes took tasks
-    async with await connect(AMQP_URL) as conn:
-        channel = await conn.channel()
-        for name in (queue, f"{queue}.dlq", f"{env['APP_PREFIX']}.multiply"):
-            await channel.queue_delete(name)
+        with pytest.raises(TypeError, match=r"\.call\(\): missing argument sku; the function"):
+            await price.call(quantity=2)  # type: ignore[call-arg]
+        assert running.broker.queues[send_receipt.name].message_count == 0
+        assert await price.call(sku="x") == 9.5
 
 
-async def test_leveret_status_shows_the_queues_of_an_app(
-    app_module: tuple[Path, dict[str, str]],
+async def test_an_rpc_handle_can_be_registered_as_the_function_it_wraps(
+    leveret_rpc: RPC,
 ) -> None:
-    _, env = app_module
-    status = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "leveret.cli", "status", "demoapp:app", "--url", AMQP_URL],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert status.returncode == 0, status.stderr
-    assert f"{env['APP_PREFIX']}.record " in status.stdout and "missing" in status.stdout
+    app = _app()
+
+    @app.rpc
+    async def square(*, x: int) -> int:
+        return x * x
+
+    await leveret_rpc.register("square", square)  # the handle, not square.func
+    assert await leveret_rpc.call("square", {"x": 7}, timeout=2) == 49
 
 
-async def test_leveret_run_names_the_address_and_how_to_start_rabbitmq_when_it_is_down(
-    app_module: tuple[Path, dict[str, str]],
+async def test_the_app_reads_amqp_url_when_it_connects_not_when_it_is_made(
+    monkeypatch: pytest.MonkeyPatch, leveret_url: str, leveret_broker: MemoryBroker
 ) -> None:
-    _, env = app_module
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "leveret.cli",
-            "run",
-            "demoapp:app",
-            "--url",
-            "amqp://guest:hidden@127.0.0.1:1/",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "127.0.0.1:1" in result.stderr and "rabbitmq-server -detached" in result.stderr
-    assert "hidden" not in result.stderr
+    app = App(prefix="env")
+    runs: list[int] = []
+
+    @app.task
+    async def count(*, n: int) -> None:
+        runs.append(n)
+
+    monkeypatch.setenv("AMQP_URL", leveret_url)  # after the App was made
+    assert app.url == leveret_url
+    async with await leveret_broker.connect() as serving, app:
+        master, rpc = await app.start(serving)
+        await count.send(n=1)  # RabbitMQ has no worker for it: this reached the test's broker
+        await drain(master)
+        assert runs == [1]
+        await master.close()
+        await rpc.close()
 
 
-async def test_leveret_demo_runs_and_prints_a_summary(amqp_url: str) -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "leveret.cli",
-            "demo",
-            "--tasks",
-            "300",
-            "--calls",
-            "50",
-            "--url",
-            AMQP_URL,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "300 / 300" in result.stdout and "RPC calls" in result.stdout
-
-
-def test_a_target_that_is_not_an_app_is_refused(
-    app_module: tuple[Path, dict[str, str]],
+@pytest.mark.parametrize("run", [1, 2])
+async def test_an_app_is_tested_on_an_in_memory_broker_of_its_own_test_after_test(
+    run: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, env = app_module
-    result = subprocess.run(
-        [sys.executable, "-m", "leveret.cli", "run", "demoapp:out"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2
-    assert "not a leveret.App" in result.stderr
+    monkeypatch.setenv("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")  # never reached
+    shared_done.clear()
+    async with shared.testing() as running:
+        assert shared.url == running.url and running.url.startswith("memory://")
+        for n in range(5):
+            await record.send(n=n * run)
+        await running.drain()
+        assert await double.call(x=21) == 42
+    assert sorted(shared_done) == [n * run for n in range(5)]
+    assert shared.url == "amqp://guest:guest@127.0.0.1:1/"  # as before the block
 
 
-def test_leveret_demo_runs_on_the_in_memory_broker_without_rabbitmq() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "leveret.cli",
-            "demo",
-            "--tasks",
-            "500",
-            "--calls",
-            "50",
-            "--url",
-            "memory://",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "500 / 500" in result.stdout
+async def test_a_task_that_rejects_its_input_ends_in_the_dead_letter_queue_of_the_test_broker() -> (
+    None
+):
+    app = _app()
+
+    @app.task
+    async def charge(*, amount: int) -> None:
+        if amount < 0:
+            raise RejectMessage()
+
+    async with app.testing() as running:
+        await charge.send(amount=5)
+        await charge.send(amount=-1)
+        await running.drain()
+        letters = await running.dead_letters(charge)
+    assert [letter.body for letter in letters] == [b'{"amount":-1}']
+    assert letters[0].reason == "rejected by the task function"
+
+
+def test_an_app_is_named_after_its_prefix_unless_named() -> None:
+    assert App(prefix="shop").name == "shop"
+    assert App(prefix="shop", name="billing").name == "billing"
+    assert App().name == "leveret"
 
 
 async def test_connect_and_connect_robust_reach_the_in_memory_broker() -> None:
     from leveret import connect_robust
-    from leveret.patterns import RPC
 
     async with await connect("memory://app-test") as serving:
         callee = await RPC.create(await serving.channel())

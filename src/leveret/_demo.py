@@ -1,27 +1,20 @@
 """``leveret demo``: a worker and a callee, a stream of tasks and calls, a summary.
 
 Runs in one process against the broker at ``url`` (``memory://`` runs it on
-the in-memory broker). Used by the CLI only; rich draws the progress.
+the in-memory broker). Used by the CLI only; rich draws the progress. The bars
+and the summary read the same clocks, so their rates agree.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -30,12 +23,42 @@ from .patterns import RPC, Master
 
 
 @dataclass
+class Stream:
+    """Items of one kind (tasks sent, tasks done, calls): how many, from when to when."""
+
+    total: int
+    count: int = 0
+    started: float | None = None
+    finished: float | None = None
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        if self.total == 0:
+            self.finished = self.started
+
+    def add(self) -> None:
+        self.count += 1
+        if self.count == self.total:
+            self.finished = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        """From the start to the last item (or to now, while it runs)."""
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.perf_counter()) - self.started
+
+    @property
+    def rate(self) -> float:
+        seconds = self.seconds
+        return self.count / seconds if seconds > 0 else 0.0
+
+
+@dataclass
 class DemoResult:
-    tasks_sent: int = 0
-    tasks_done: int = 0
-    task_seconds: float = 0.0
-    calls: int = 0
-    call_seconds: float = 0.0
+    sent: Stream
+    done: Stream
+    calls: Stream
     latencies_ms: list[float] = field(default_factory=list)
 
     def percentile(self, fraction: float) -> float:
@@ -44,24 +67,35 @@ class DemoResult:
 
 
 class _Rate(ProgressColumn):
-    """Items per second since the bar started."""
+    """A stream's items per second, as the summary computes it."""
 
     def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        return Text(f"{task.completed / elapsed:,.0f}/s" if elapsed else "")
+        stream: Stream = task.fields["stream"]
+        return Text(f"{stream.rate:,.0f}/s" if stream.count else "")
 
 
-async def run_demo(url: str, tasks: int, calls: int, console: Console) -> DemoResult:
-    """Serve ``demo.resize`` and ``demo.multiply``; send ``tasks`` tasks and ``calls`` calls."""
+class _Seconds(ProgressColumn):
+    """A stream's time so far (frozen at its last item)."""
+
+    def render(self, task: Task) -> Text:
+        stream: Stream = task.fields["stream"]
+        return Text(f"{stream.seconds:.2f} s" if stream.started is not None else "")
+
+
+async def run_demo(url: str, shown: str, tasks: int, calls: int, console: Console) -> DemoResult:
+    """Serve a resize task and a multiply method; send ``tasks`` tasks and make ``calls``
+    calls, one at a time. ``shown`` is the URL as it may be printed."""
     if url == "memory://":
         url = "memory://leveret-demo"  # both connections must reach the same broker
-    result = DemoResult()
-    done = asyncio.Event()
+    # Names of this run's own: two demos on one broker must not share a queue.
+    prefix = f"demo-{secrets.token_hex(3)}"
+    result = DemoResult(Stream(tasks), Stream(tasks), Stream(calls))
+    all_done = asyncio.Event()
 
     async def resize(*, image_id: int, width: int) -> None:
-        result.tasks_done += 1
-        if result.tasks_done == tasks:
-            done.set()
+        result.done.add()
+        if result.done.finished is not None:
+            all_done.set()
 
     async def multiply(*, x: int, y: int) -> int:
         return x * y
@@ -72,59 +106,72 @@ async def run_demo(url: str, tasks: int, calls: int, console: Console) -> DemoRe
     ):
         worker_master = Master(await serving.channel())
         await worker_master.create_worker(
-            "demo.resize", resize, auto_delete=True, dead_letter=False
+            f"{prefix}.resize", resize, auto_delete=True, dead_letter=False
         )
         callee = await RPC.create(await serving.channel(publisher_confirms=False))
-        await callee.register("demo.multiply", multiply, auto_delete=True)
+        await callee.register(f"{prefix}.multiply", multiply, auto_delete=True)
         master = Master(await client.channel())
         rpc = await RPC.create(await client.channel(publisher_confirms=False), timeout=10)
+        console.print(f"leveret demo against {shown}")
+
+        async def produce(first: int) -> None:
+            for image_id in range(first, tasks, 64):
+                await master.create_task(
+                    f"{prefix}.resize", kwargs={"image_id": image_id, "width": 640}
+                )
+                result.sent.add()
+
+        async def call() -> None:
+            result.calls.start()
+            for i in range(calls):
+                sent = time.perf_counter()
+                product = await rpc.call(f"{prefix}.multiply", {"x": i, "y": 3})
+                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
+                if product != i * 3:
+                    raise RuntimeError(f"multiply(x={i}, y=3) returned {product!r}")
+                result.calls.add()
 
         with Progress(
             TextColumn("[bold]{task.description:<8}"),
             BarColumn(),
             MofNCompleteColumn(),
             _Rate(),
-            TimeElapsedColumn(),
+            _Seconds(),
             console=console,
-            transient=False,
         ) as progress:
-            sent_bar = progress.add_task("sent", total=tasks)
-            done_bar = progress.add_task("done", total=tasks)
-            started = time.perf_counter()
+            bars = {
+                progress.add_task(name, total=stream.total, stream=stream): stream
+                for name, stream in (
+                    ("sent", result.sent),
+                    ("done", result.done),
+                    ("calls", result.calls),
+                )
+            }
 
-            async def produce(first: int) -> None:
-                for image_id in range(first, tasks, 64):
-                    await master.proxy.demo.resize(image_id=image_id, width=640)
-                    result.tasks_sent += 1
+            def refresh() -> None:
+                for bar, stream in bars.items():
+                    progress.update(bar, completed=stream.count)
 
-            producers = asyncio.gather(*(produce(lane) for lane in range(min(64, tasks))))
-            finished: asyncio.Future[Any] = asyncio.ensure_future(done.wait())
-            try:
-                while not (producers.done() and finished.done()):
-                    waiting: list[asyncio.Future[Any]] = [producers, finished]
-                    await asyncio.wait(waiting, timeout=0.1)
-                    if producers.done() and producers.exception() is not None:
-                        break  # a send failed: say so below rather than wait forever
-                    progress.update(sent_bar, completed=result.tasks_sent)
-                    progress.update(done_bar, completed=result.tasks_done)
-                await producers
-            finally:
-                finished.cancel()
-            result.task_seconds = time.perf_counter() - started
-            progress.update(sent_bar, completed=result.tasks_sent)
-            progress.update(done_bar, completed=result.tasks_done)
+            async def keep_refreshing() -> None:
+                while True:
+                    refresh()
+                    await asyncio.sleep(0.1)
 
-            calls_bar = progress.add_task("calls", total=calls)
-            started = time.perf_counter()
-            for i in range(calls):
-                sent = time.perf_counter()
-                assert await rpc.proxy.demo.multiply(x=i, y=3) == i * 3
-                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
-                result.calls += 1
-                if i % 50 == 0:
-                    progress.update(calls_bar, completed=result.calls)
-            progress.update(calls_bar, completed=result.calls)
-            result.call_seconds = time.perf_counter() - started
+            async with asyncio.TaskGroup() as group:
+                refresher = group.create_task(keep_refreshing())
+                try:
+                    result.sent.start()
+                    result.done.start()
+                    if tasks == 0:
+                        all_done.set()
+                    async with asyncio.TaskGroup() as producers:
+                        for lane in range(min(64, tasks)):
+                            producers.create_task(produce(lane))
+                    await all_done.wait()
+                    await call()
+                finally:
+                    refresher.cancel()
+            refresh()
 
         await worker_master.close()
         await callee.close()
@@ -132,26 +179,31 @@ async def run_demo(url: str, tasks: int, calls: int, console: Console) -> DemoRe
 
 
 def summary(result: DemoResult) -> Table:
-    table = Table(title="leveret demo")
+    """The numbers, in a table that fits 80 columns."""
+    table = Table(
+        title="leveret demo",
+        caption="rate: per second, from the first to the last; sent: confirmed by the "
+        "broker; done: run by the worker; calls: one at a time",
+        caption_justify="left",
+    )
     table.add_column("")
     table.add_column("count", justify="right")
     table.add_column("rate", justify="right")
-    table.add_column("latency p50", justify="right")
-    table.add_column("latency p99", justify="right")
-    task_rate = result.tasks_done / result.task_seconds if result.task_seconds else 0
-    call_rate = result.calls / result.call_seconds if result.call_seconds else 0
-    table.add_row(
-        "tasks (sent / done)",
-        f"{result.tasks_sent:,} / {result.tasks_done:,}",
-        f"{task_rate:,.0f}/s",
-        "",
-        "",
+    table.add_column("seconds", justify="right")
+    table.add_column("p50", justify="right")
+    table.add_column("p99", justify="right")
+    for name, stream in (("tasks sent", result.sent), ("tasks done", result.done)):
+        table.add_row(name, f"{stream.count:,}", f"{stream.rate:,.0f}/s", f"{stream.seconds:.2f}")
+    latencies = (
+        [f"{statistics.median(result.latencies_ms):.3f} ms", f"{result.percentile(0.99):.3f} ms"]
+        if result.latencies_ms
+        else []
     )
     table.add_row(
-        "RPC calls (sequential)",
-        f"{result.calls:,}",
-        f"{call_rate:,.0f}/s",
-        f"{statistics.median(result.latencies_ms) if result.latencies_ms else 0:.3f} ms",
-        f"{result.percentile(0.99):.3f} ms",
+        "RPC calls",
+        f"{result.calls.count:,}",
+        f"{result.calls.rate:,.0f}/s",
+        f"{result.calls.seconds:.2f}",
+        *latencies,
     )
     return table

@@ -2,54 +2,101 @@
 
 ::
 
-    app = leveret.App("amqp://guest:guest@localhost/")
+    app = leveret.App(prefix="images")  # AMQP_URL, else amqp://guest:guest@localhost/
 
     @app.task(retries=RetryPolicy(max_attempts=3))
     async def resize(*, path: str, width: int) -> None: ...
 
-    @app.rpc()
+    @app.rpc
     async def multiply(*, x: int, y: int) -> int:
         return x * y
 
     # a client
     await resize.send(path="a.png", width=640)   # returns once confirmed
-    assert await multiply(x=6, y=7) == 42         # a remote call
+    assert await multiply.call(x=6, y=7) == 42    # a remote call
 
     # a worker process: leveret run mymodule:app
+    # a test: async with app.testing() as running: ...
 
-A task handle is still the plain function (``resize(path=..., width=...)`` runs it
-here, as a test would); ``.send()`` queues it. An RPC handle is awaited for a
-remote call; its ``.func`` is the plain function. Both are typed after the
-decorated function, so mypy and IDEs check the keyword arguments and result.
+A handle is still the plain function: ``resize(path=..., width=...)`` and
+``multiply(x=..., y=...)`` run it here, as a unit test would; ``.send()`` queues a
+task and ``.call()`` makes a remote call. Both check the keyword arguments
+against the function's signature before anything is sent, and are typed after
+the decorated function, so mypy and IDEs check them too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
+import inspect
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._connect import ConnectionLike, connect_robust
 from .amqp import DEFAULT_URL
 from .exceptions import ConfigurationError
-from .patterns import RPC, Master, Observer, Observers, RetryPolicy
+from .patterns import (
+    RPC,
+    DeadLetter,
+    KeywordCall,
+    Master,
+    Observer,
+    Observers,
+    RetryPolicy,
+    list_dead_letters,
+)
 from .serializers import Serializer
+
+if TYPE_CHECKING:
+    from .testing import MemoryBroker, MemoryChannel
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
-class TaskHandle(Generic[P, R]):
-    """A task: call it to run the function here, ``await .send(...)`` to queue it."""
+class _Handle:
+    """What task and RPC handles share: the function, its name, its options, and the
+    check of keyword arguments against its signature."""
 
-    def __init__(self, app: App, func: Callable[P, R], name: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, app: App, func: Callable[..., Any], name: str, options: dict[str, Any]
+    ) -> None:
         self.app = app
         self.func = func
         self.name = name
         self.options = options
-        functools.update_wrapper(self, func)
+        # Refuses, now rather than at the first task, a function keywords cannot reach.
+        self._call = KeywordCall(name, func)
+        functools.update_wrapper(cast(Callable[..., Any], self), func)
+
+    def _check(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if args:
+            raise TypeError(f"{self.name}.{method}() takes keyword arguments only")
+        problem = self._call.check(kwargs)
+        if problem is not None:
+            raise TypeError(f"{self.name}.{method}(): {problem}; the function is {self._shown()}")
+
+    def _shown(self) -> str:
+        """``name(signature)``, annotations evaluated where they can be."""
+        name = getattr(self.func, "__name__", repr(self.func))
+        for evaluate in (True, False):
+            try:
+                return f"{name}{inspect.signature(self.func, eval_str=evaluate)}"
+            except Exception:  # a name only imported for type checking; no signature
+                continue
+        return name
+
+
+class TaskHandle(_Handle, Generic[P, R]):
+    """A task: call it to run the function here, ``await .send(...)`` to queue it."""
+
+    func: Callable[P, R]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -58,11 +105,11 @@ class TaskHandle(Generic[P, R]):
         """Queue the task; return once the broker has confirmed it.
 
         Raises:
-            TypeError: positional arguments (tasks take keyword arguments only).
+            TypeError: positional arguments, or keyword arguments that do not fit
+                the function's signature (nothing is sent).
             UnroutableError: no worker ever declared the task's queue.
         """
-        if args:
-            raise TypeError(f"{self.name}.send() takes keyword arguments only")
+        self._check("send", args, kwargs)
         master = await self.app._master()
         await master.create_task(self.name, kwargs=kwargs)
 
@@ -70,28 +117,25 @@ class TaskHandle(Generic[P, R]):
         return f"<task {self.name!r} of {self.app!r}>"
 
 
-class RPCHandle(Generic[P, R]):
-    """A remote method: ``await handle(**kwargs)`` calls it in whichever process serves
-    it; ``handle.func`` is the plain function."""
+class RPCHandle(_Handle, Generic[P, T, R]):
+    """A remote method: call it to run the function here, ``await .call(...)`` to call it
+    in whichever process serves it (``T`` is what the function returns, ``R`` what a
+    remote call returns)."""
 
-    def __init__(
-        self, app: App, func: Callable[P, Any], name: str, options: dict[str, Any]
-    ) -> None:
-        self.app = app
-        self.func = func
-        self.name = name
-        self.options = options
-        functools.update_wrapper(self, func)
+    func: Callable[P, T]
 
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self.func(*args, **kwargs)
+
+    async def call(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the method remotely (with the app's default timeout).
 
         Raises:
-            TypeError: positional arguments (RPC takes keyword arguments only).
+            TypeError: positional arguments, or keyword arguments that do not fit
+                the function's signature (nothing is sent).
             TimeoutError, UnroutableError, RemoteError: see :meth:`RPC.call`.
         """
-        if args:
-            raise TypeError(f"{self.name}() takes keyword arguments only")
+        self._check("call", args, kwargs)
         rpc = await self.app._rpc()
         result: R = await rpc.call(self.name, kwargs)
         return result
@@ -106,54 +150,102 @@ class _TaskDecorator(Protocol):
 
 class _RPCDecorator(Protocol):
     @overload
-    def __call__(self, func: Callable[P, Awaitable[R]], /) -> RPCHandle[P, R]: ...
+    def __call__(
+        self, func: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> RPCHandle[P, Coroutine[Any, Any, R], R]: ...
 
     @overload
-    def __call__(self, func: Callable[P, R], /) -> RPCHandle[P, R]: ...
+    def __call__(self, func: Callable[P, R], /) -> RPCHandle[P, R, R]: ...
+
+
+class _Client:
+    """An app's client side on one event loop: a connection opened on first use, and
+    a Master and an RPC on it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()
+        self.connection: ConnectionLike | None = None
+        self.master: Master | None = None
+        self.rpc: RPC | None = None
+
+    async def open(self, name: str) -> ConnectionLike:
+        if self.connection is None or self.connection.is_closed:
+            self.master = self.rpc = None  # they were on the closed connection
+            self.connection = await connect_robust(self.url, name=name)
+        return self.connection
+
+    async def close(self) -> None:
+        connection, self.connection = self.connection, None
+        self.master = self.rpc = None
+        if connection is not None:
+            await connection.close()
 
 
 class App:
     """A set of tasks and RPC methods, and how to reach the broker.
 
-    ``url`` defaults to ``$AMQP_URL``, else ``amqp://guest:guest@localhost/``.
-    ``prefix`` is put before every name (``prefix.name``). Client-side use
-    connects lazily on the first ``send`` or call; ``async with app`` (or
-    :meth:`close`) closes that connection. ``observers`` see the app's tasks and
-    calls (by default the process-wide ones; see :class:`~leveret.patterns.Observers`).
+    ``url`` defaults to ``$AMQP_URL``, else ``amqp://guest:guest@localhost/``; the
+    environment is read when the app connects, not when it is made (so a test's
+    ``monkeypatch.setenv("AMQP_URL", ...)`` counts). ``prefix`` is put before every
+    name (``prefix.name``); ``name`` (default: the prefix, else ``"leveret"``) names
+    the app's connections and log lines. Client-side use connects lazily on the
+    first ``send`` or call; ``async with app`` (or :meth:`close`) closes that
+    connection. ``observers`` see the app's tasks and calls (by default the
+    process-wide ones; see :class:`~leveret.patterns.Observers`).
     """
 
     def __init__(
         self,
         url: str | None = None,
         *,
-        name: str = "leveret",
+        name: str | None = None,
         prefix: str = "",
         serializer: str | Serializer | None = None,
         timeout: float | None = 30.0,
         observers: Observers | Iterable[Observer] | None = None,
     ) -> None:
-        self.url = url or os.environ.get("AMQP_URL", DEFAULT_URL)
+        self._url = url
         self.observers = Observers.of(observers)
-        self.name = name
+        self.name = name or prefix or "leveret"
         self.prefix = prefix
         self.serializer = serializer
         self.timeout = timeout
         self.tasks: dict[str, TaskHandle[Any, Any]] = {}
-        self.rpcs: dict[str, RPCHandle[Any, Any]] = {}
-        self._connection: ConnectionLike | None = None
-        self._client_master: Master | None = None
-        self._client_rpc: RPC | None = None
-        self._lock = asyncio.Lock()
+        self.rpcs: dict[str, RPCHandle[Any, Any, Any]] = {}
+        self._client: _Client | None = None
+
+    @property
+    def url(self) -> str:
+        """The broker: the URL the app was given (or set here), else ``$AMQP_URL`` as
+        it is now, else ``amqp://guest:guest@localhost/``."""
+        return self._url or os.environ.get("AMQP_URL") or DEFAULT_URL
+
+    @url.setter
+    def url(self, url: str | None) -> None:
+        self._url = url
 
     def __repr__(self) -> str:
         return f"<App {self.name!r}: {len(self.tasks)} tasks, {len(self.rpcs)} rpc methods>"
 
-    def _name_for(self, func: Callable[..., Any], name: str | None) -> str:
-        base = name or func.__name__
-        return f"{self.prefix}.{base}" if self.prefix else base
+    def _declare(self, func: Callable[..., Any], name: str | None) -> str:
+        full = name or getattr(func, "__name__", "")
+        if not full:
+            raise ConfigurationError(f"{func!r} has no __name__: pass name=")
+        if self.prefix:
+            full = f"{self.prefix}.{full}"
+        if full in self.tasks or full in self.rpcs:
+            raise ConfigurationError(f"{full!r} is declared twice in {self!r}")
+        return full
 
+    @overload
+    def task(self, func: Callable[P, R], /) -> TaskHandle[P, R]: ...
+
+    @overload
     def task(
         self,
+        /,
         *,
         name: str | None = None,
         prefetch_count: int | None = None,
@@ -163,10 +255,29 @@ class App:
         time_limit: float | None = None,
         dead_letter: bool = True,
         arguments: Mapping[str, Any] | None = None,
-    ) -> _TaskDecorator:
-        """Declare a task: ``@app.task()`` or ``@app.task(retries=..., ...)``.
+    ) -> _TaskDecorator: ...
+
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        prefetch_count: int | None = None,
+        retries: RetryPolicy | None = None,
+        queue_type: str = "classic",
+        durable: bool = True,
+        time_limit: float | None = None,
+        dead_letter: bool = True,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Declare a task: ``@app.task``, ``@app.task()`` or ``@app.task(retries=...)``.
 
         Options are those of :meth:`Master.create_worker` and apply where it runs.
+
+        Raises:
+            ConfigurationError: the name is taken, or the function cannot take
+                keyword arguments (positional-only parameters, ``*args`` alone).
         """
         options: dict[str, Any] = dict(
             prefetch_count=prefetch_count,
@@ -179,27 +290,52 @@ class App:
         )
 
         def declare(target: Callable[..., Any]) -> TaskHandle[Any, Any]:
-            task_name = self._name_for(target, name)
-            if task_name in self.tasks or task_name in self.rpcs:
-                raise ConfigurationError(f"{task_name!r} is declared twice in {self!r}")
-            handle = TaskHandle(self, target, task_name, options)
-            self.tasks[task_name] = handle
+            handle: TaskHandle[Any, Any] = TaskHandle(
+                self, target, self._declare(target, name), options
+            )
+            self.tasks[handle.name] = handle
             return handle
 
-        return declare
+        return declare if func is None else declare(func)
 
+    @overload
+    def rpc(
+        self, func: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> RPCHandle[P, Coroutine[Any, Any, R], R]: ...
+
+    @overload
+    def rpc(self, func: Callable[P, R], /) -> RPCHandle[P, R, R]: ...
+
+    @overload
     def rpc(
         self,
+        /,
         *,
         name: str | None = None,
         prefetch_count: int | None = None,
         queue_type: str = "classic",
         durable: bool = False,
         arguments: Mapping[str, Any] | None = None,
-    ) -> _RPCDecorator:
-        """Declare an RPC method: ``@app.rpc()`` or ``@app.rpc(prefetch_count=..., ...)``.
+    ) -> _RPCDecorator: ...
+
+    def rpc(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        prefetch_count: int | None = None,
+        queue_type: str = "classic",
+        durable: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Declare an RPC method: ``@app.rpc``, ``@app.rpc()`` or ``@app.rpc(name=...)``.
 
         Options are those of :meth:`RPC.register` and apply where it is served.
+
+        Raises:
+            ConfigurationError: the name is taken, or the function cannot take
+                keyword arguments (positional-only parameters, ``*args`` alone).
         """
         options: dict[str, Any] = dict(
             prefetch_count=prefetch_count,
@@ -208,53 +344,60 @@ class App:
             arguments=arguments,
         )
 
-        def declare(target: Callable[..., Any]) -> RPCHandle[Any, Any]:
-            method = self._name_for(target, name)
-            if method in self.tasks or method in self.rpcs:
-                raise ConfigurationError(f"{method!r} is declared twice in {self!r}")
-            handle: RPCHandle[Any, Any] = RPCHandle(self, target, method, options)
-            self.rpcs[method] = handle
+        def declare(target: Callable[..., Any]) -> RPCHandle[Any, Any, Any]:
+            handle: RPCHandle[Any, Any, Any] = RPCHandle(
+                self, target, self._declare(target, name), options
+            )
+            self.rpcs[handle.name] = handle
             return handle
 
-        return declare
+        return declare if func is None else declare(func)
 
     # -- the client side ------------------------------------------------------------
 
-    async def _connect(self) -> ConnectionLike:
-        if self._connection is None or self._connection.is_closed:
-            self._connection = await connect_robust(self.url, name=f"{self.name} client")
-        return self._connection
+    async def _session(self) -> _Client:
+        """The client for this event loop and the URL as it is now: a test's new loop,
+        or a URL changed since (``AMQP_URL``, ``app.url =``), gets a new connection."""
+        url = self.url
+        loop = asyncio.get_running_loop()
+        client = self._client
+        if client is not None and client.loop is loop and client.url == url:
+            return client
+        self._client = _Client(url)
+        if client is not None and client.loop is loop:
+            await client.close()
+        return self._client
 
     async def _master(self) -> Master:
-        async with self._lock:
-            if self._client_master is None:
-                connection = await self._connect()
-                self._client_master = Master(
+        client = await self._session()
+        async with client.lock:
+            connection = await client.open(f"{self.name} client")
+            if client.master is None:
+                client.master = Master(
                     await connection.channel(),
                     serializer=self.serializer,
                     observers=self.observers,
                 )
-            return self._client_master
+            return client.master
 
     async def _rpc(self) -> RPC:
-        async with self._lock:
-            if self._client_rpc is None:
-                connection = await self._connect()
-                channel = await connection.channel(publisher_confirms=False)
-                self._client_rpc = await RPC.create(
-                    channel,
+        client = await self._session()
+        async with client.lock:
+            connection = await client.open(f"{self.name} client")
+            if client.rpc is None:
+                client.rpc = await RPC.create(
+                    await connection.channel(publisher_confirms=False),
                     timeout=self.timeout,
                     serializer=self.serializer,
                     observers=self.observers,
                 )
-            return self._client_rpc
+            return client.rpc
 
     async def close(self) -> None:
         """Close the client connection (idempotent)."""
-        connection, self._connection = self._connection, None
-        self._client_master = self._client_rpc = None
-        if connection is not None:
-            await connection.close()
+        client, self._client = self._client, None
+        if client is not None and client.loop is asyncio.get_running_loop():
+            await client.close()
 
     async def __aenter__(self) -> App:
         return self
@@ -292,5 +435,78 @@ class App:
             await rpc.register(method.name, method.func, **options)
         return master, rpc
 
+    @contextlib.asynccontextmanager
+    async def testing(self) -> AsyncIterator[RunningApp]:
+        """Run the app on a private in-memory broker for the block, for a test.
 
-__all__ = ["App", "RPCHandle", "TaskHandle"]
+        Starts a worker for every task and serves every RPC method on a broker of
+        the block's own (no RabbitMQ), and points the app's client side at it:
+        ``task.send()`` and ``method.call()`` reach those workers and callees, and
+        ``app.url`` is the broker's ``memory://`` URL. Yields a :class:`RunningApp`;
+        ``await running.drain()`` waits until the tasks sent so far are done. On
+        exit everything is closed and the app's URL and client are as before.
+        """
+        from .testing import forget_brokers, get_broker
+
+        broker = get_broker(f"memory://{self.name}-{secrets.token_hex(6)}")
+        given_url, given_client = self._url, self._client
+        self._url, self._client = broker.url, None
+        try:
+            connection = await broker.connect(name=f"{self.name} worker")
+            master, rpc = await self.start(connection)
+            try:
+                yield RunningApp(self, broker, await connection.channel(), master, rpc)
+            finally:
+                await master.close(timeout=1)
+                await rpc.close(timeout=1)
+                await self.close()
+        finally:
+            self._url, self._client = given_url, given_client
+            forget_brokers(broker.name)
+            await broker.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningApp:
+    """An app served on a private in-memory broker: what :meth:`App.testing` yields.
+
+    Attributes:
+        app: the app (its handles' ``send()`` and ``call()`` reach this broker).
+        broker: the in-memory broker (``broker.queues`` to look into it).
+        channel: a channel of its own on that broker, for a test to use.
+        master: the :class:`Master` running the app's workers.
+        rpc: the :class:`RPC` serving the app's methods.
+    """
+
+    app: App
+    broker: MemoryBroker
+    channel: MemoryChannel
+    master: Master
+    rpc: RPC
+
+    @property
+    def url(self) -> str:
+        """The broker's ``memory://`` URL, for code under test that connects by URL."""
+        return self.broker.url
+
+    async def drain(self, *, timeout: float = 10.0) -> None:
+        """Wait until the tasks sent so far are done, retries included (give retry
+        policies short delays in tests); see :func:`leveret.testing.drain`.
+
+        Raises:
+            TimeoutError: not done within ``timeout`` seconds (the message says what
+                is left).
+        """
+        from .testing import drain
+
+        await drain(self.master, self.rpc, timeout=timeout)
+
+    async def dead_letters(
+        self, task: TaskHandle[Any, Any] | str, *, limit: int = 100
+    ) -> list[DeadLetter]:
+        """The tasks that ended in ``task``'s dead-letter queue, oldest first."""
+        name = task if isinstance(task, str) else task.name
+        return await list_dead_letters(self.channel, name, limit=limit)
+
+
+__all__ = ["App", "RPCHandle", "RunningApp", "TaskHandle"]

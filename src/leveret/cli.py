@@ -5,31 +5,35 @@
 - ``leveret status module:app``: the queues an app uses, and what is in them;
 - ``leveret dlq list|show|replay TASK``: look into a dead-letter queue, send tasks back.
 
-The library never imports this module.
+Every error is one line on stderr (``leveret run: ...``) with an exit status of its
+kind (:data:`EPILOG`); none shows a traceback. The library never imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, NoReturn, TypeVar
 
 try:
     import click
 except ImportError:  # pragma: no cover - depends on the install
     sys.exit("the leveret command needs its extra: pip install 'leveret[cli]'")
 
+from . import __version__
 from ._connect import ChannelLike, connect, connect_robust, safe_url
-from .amqp import DEFAULT_URL
+from ._hints import connect_failure
+from ._supervisor import NotStopped, run_processes
+from .amqp import DEFAULT_URL, parse_urls
 from .app import App
-from .exceptions import ConnectError, LeveretError, NotFoundError
+from .exceptions import ConfigurationError, ConnectError, LeveretError, NotFoundError
 from .patterns import (
     DeadLetter,
     dead_letter_queue,
@@ -41,18 +45,133 @@ from .patterns import (
 
 T = TypeVar("T")
 
-url_option = click.option(
-    "--url",
-    default=lambda: os.environ.get("AMQP_URL", DEFAULT_URL),
-    show_default="$AMQP_URL, else amqp://guest:guest@localhost/",
-    help="The broker to talk to.",
+#: Exit statuses, the same for every command.
+EXIT_FAILURE = 1  # it was tried and failed: the broker cannot be reached or said no, ...
+EXIT_USAGE = 2  # what was asked cannot be tried: an option, argument or URL is wrong
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+EPILOG = (
+    "Exit status: 0 done; 1 a failure while running (the broker cannot be reached or "
+    "refused, a queue or dead letter is missing, a process of leveret run failed); 2 bad "
+    "usage (an unknown option, a value out of range, a malformed URL, a TARGET that is "
+    "not an App); 130 interrupted. Errors are one line on stderr."
 )
 
 
-START_RABBITMQ = (
-    "Is RabbitMQ running? Start it with `rabbitmq-server -detached` "
-    "(then `rabbitmqctl await_startup`), or point --url (or AMQP_URL) at your broker."
-)
+class _Failure(click.ClickException):
+    """A command failed while running: one line, exit status 1."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        ctx = click.get_current_context(silent=True)
+        self.command_path = ctx.command_path if ctx else "leveret"
+
+
+class _Interrupted(_Failure):
+    exit_code = EXIT_INTERRUPTED
+
+
+class _BadValue(click.UsageError):
+    """A value leveret checked itself (a URL, a range, a TARGET): its message says all,
+    so no pointer to --help."""
+
+
+class _Leveret(click.Group):
+    """The top-level group: every error becomes one line, ``leveret CMD: message``,
+    on stderr, and the exit status of its kind."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        kwargs.setdefault("prog_name", "leveret")  # not "python -m leveret.cli"
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            if exc.ctx is not None and exc.format_message() == exc.ctx.get_help():
+                _exit(exc.format_message(), EXIT_USAGE)  # a group without its command
+            where = exc.ctx.command_path if exc.ctx else "leveret"
+            hint = "" if isinstance(exc, _BadValue) else f" (see {where} --help)"
+            _exit(f"{where}: {exc.format_message()}{hint}", EXIT_USAGE)
+        except _Failure as exc:
+            _exit(f"{exc.command_path}: {exc.format_message()}", exc.exit_code)
+        except click.ClickException as exc:
+            _exit(f"leveret: {exc.format_message()}", exc.exit_code)
+        except click.Abort:
+            _exit("leveret: interrupted", EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit(line: str, code: int) -> NoReturn:
+    click.echo(line, err=True)
+    sys.exit(code)
+
+
+def _at_least(minimum: float) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback: the value (if given) is at least ``minimum``."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and value < minimum:
+            name = param.opts[0] if param.param_type_name == "option" else param.human_readable_name
+            raise _BadValue(f"{name} must be at least {minimum:g}, not {value:g}", ctx)
+        return value
+
+    return check
+
+
+def _url_option(default: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    return click.option(
+        "--url",
+        metavar="URL",
+        help=f"The broker (default: {default}). '-' reads it from stdin, out of sight of ps.",
+    )
+
+
+_AMQP_URL_DEFAULT = "$AMQP_URL, else amqp://guest:guest@localhost/"
+_APP_URL_DEFAULT = "the app's: App(url), else $AMQP_URL, else amqp://guest:guest@localhost/"
+
+
+def _broker_url(given: str | None, app: App | None = None, target: str = "") -> str:
+    """The URL a command talks to, checked: ``--url`` (``-``: a line read from stdin),
+    else the app's URL, else ``$AMQP_URL``, else the default.
+
+    Raises:
+        _BadValue: the URL is empty or malformed; the message says where it came
+            from (never the URL itself: it may hold a password).
+    """
+    if given == "-":
+        given, source = sys.stdin.readline().strip(), "URL read from stdin (--url -)"
+    else:
+        source = "--url"
+    if given == "":
+        raise _BadValue(f"{source} is empty: give an amqp:// or amqps:// URL")
+    if given is None:
+        given = app.url if app is not None else os.environ.get("AMQP_URL") or DEFAULT_URL
+        source = "AMQP_URL" if given == os.environ.get("AMQP_URL") else f"URL of {target}"
+    if "://" not in given:  # not echoed: "user:password@host" would show the password
+        raise _BadValue(
+            f"bad {source}: it has no scheme; write amqp://user:password@host:port/vhost"
+        )
+    if not given.startswith("memory://"):
+        try:
+            parse_urls(given)
+        except ConfigurationError as exc:
+            raise _BadValue(f"bad {source}: {exc}") from None
+    return given
+
+
+def _run_async(url: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run(main())``, its failures turned into one-line exits."""
+    try:
+        return asyncio.run(main())
+    except ConnectError as exc:
+        raise _Failure(connect_failure(exc, url)) from None
+    except NotFoundError as exc:
+        raise _Failure(f"{exc.reply_text}: is the task name right?") from None
+    except LeveretError as exc:
+        raise _Failure(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _Interrupted("interrupted") from None
 
 
 def _run(url: str, work: Callable[[ChannelLike], Awaitable[T]]) -> T:
@@ -62,14 +181,26 @@ def _run(url: str, work: Callable[[ChannelLike], Awaitable[T]]) -> T:
         async with await connect(url, name="leveret cli") as connection:
             return await work(await connection.channel())
 
+    return _run_async(url, main)
+
+
+@contextlib.contextmanager
+def _first_connection() -> Iterator[None]:
+    """While a command opens its first connection, leveret.amqp's warnings are held
+    back: a broker that refuses the handshake is logged by the library and raised,
+    and the command reports what was raised, once."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.name.startswith("leveret.amqp")
+
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(keep)
     try:
-        return asyncio.run(main())
-    except ConnectError as exc:
-        raise click.ClickException(f"{exc}\n{START_RABBITMQ} (now {safe_url(url)})") from None
-    except NotFoundError as exc:
-        raise click.ClickException(f"{exc.reply_text}: is the task name right?") from None
-    except LeveretError as exc:
-        raise click.ClickException(str(exc)) from None
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
 
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
@@ -94,7 +225,8 @@ def _log_level_option(default: str) -> Callable[[Callable[..., T]], Callable[...
     )
 
 
-@click.group()
+@click.group(cls=_Leveret, epilog=EPILOG, context_settings={"max_content_width": 100})
+@click.version_option(__version__, prog_name="leveret", message="%(prog)s %(version)s")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help="The default for every command.")
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:
@@ -102,7 +234,7 @@ def main(ctx: click.Context, log_level: str | None) -> None:
     ctx.obj = {"log_level": log_level}
 
 
-@main.group()
+@main.group(short_help="Look into a task's dead letters; send them back.")
 def dlq() -> None:
     """Inspect a task's dead-letter queue (<task>.dlq) and replay its tasks."""
 
@@ -110,10 +242,17 @@ def dlq() -> None:
 @dlq.command("list")
 @_log_level_option("error")
 @click.argument("task")
-@click.option("--limit", default=50, show_default=True, help="How many to show, oldest first.")
-@url_option
-def dlq_list(task: str, limit: int, url: str) -> None:
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    callback=_at_least(1),
+    help="How many to show, oldest first.",
+)
+@_url_option(_AMQP_URL_DEFAULT)
+def dlq_list(task: str, limit: int, url: str | None) -> None:
     """List the dead letters of TASK (they stay in the queue)."""
+    url = _broker_url(url)
     letters = _run(url, lambda channel: list_dead_letters(channel, task, limit=limit))
     if not letters:
         click.echo(f"{dead_letter_queue(task)} is empty")
@@ -134,21 +273,24 @@ def dlq_list(task: str, limit: int, url: str) -> None:
         )
 
 
-@dlq.command("show")
+@dlq.command("show", short_help="Show one dead letter of TASK in full.")
 @_log_level_option("error")
 @click.argument("task")
-@click.option("--index", default=0, show_default=True, help="Which one (0: the oldest).")
-@click.option("--message-id", help="Pick it by message id instead.")
-@url_option
-def dlq_show(task: str, index: int, message_id: str | None, url: str) -> None:
-    """Show one dead letter of TASK in full: body, headers, traceback."""
+@click.argument("index", type=int, default=0, required=False, callback=_at_least(0))
+@click.option("--message-id", help="Pick it by message id instead of INDEX.")
+@_url_option(_AMQP_URL_DEFAULT)
+def dlq_show(task: str, index: int, message_id: str | None, url: str | None) -> None:
+    """Show dead letter INDEX of TASK (default 0: the oldest, as `dlq list` numbers
+    them) in full: properties, headers, body, traceback."""
+    url = _broker_url(url)
     limit = 10_000 if message_id else index + 1
     letters = _run(url, lambda channel: list_dead_letters(channel, task, limit=limit))
     chosen = (
         [one for one in letters if one.message_id == message_id] if message_id else letters[index:]
     )
     if not chosen:
-        raise click.ClickException(f"no such dead letter in {dead_letter_queue(task)}")
+        which = f"with message id {message_id!r}" if message_id else f"number {index}"
+        raise _Failure(f"no dead letter {which} in {dead_letter_queue(task)}")
     _show(chosen[0])
 
 
@@ -160,24 +302,49 @@ def _show(letter: DeadLetter) -> None:
     click.echo(f"attempts:    {letter.attempts}")
     click.echo(f"routing key: {letter.routing_key}")
     click.echo(f"at:          {letter.dead_lettered_at}")
-    click.echo(f"properties:  {letter.properties!r}")
+    properties = letter.properties
+    click.echo("properties:")
+    for name in (
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "timestamp",
+        "type",
+        "user_id",
+        "app_id",
+    ):
+        value = getattr(properties, name)
+        if value is not None:
+            click.echo(f"  {name}: {value}")
+    click.echo("headers:")
+    for key, value in (properties.headers or {}).items():
+        shown = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if shown != letter.traceback:  # shown once, in full, below
+            click.echo(f"  {key}: {shown}")
     try:
         body: Any = json.dumps(json.loads(letter.body), indent=2, ensure_ascii=False)
     except ValueError:
         body = repr(letter.body[:2000])
     click.echo(f"body:\n{body}")
     if letter.traceback:
-        click.echo(f"traceback:\n{letter.traceback}")
+        click.echo(f"traceback:\n{letter.traceback.rstrip()}")
 
 
 @dlq.command("replay")
 @_log_level_option("error")
 @click.argument("task")
-@click.option("--limit", type=int, help="Move at most this many (default: all).")
+@click.option(
+    "--limit", type=int, callback=_at_least(1), help="Move at most this many (default: all)."
+)
 @click.option("--message-id", "message_ids", multiple=True, help="Only these (repeatable).")
-@url_option
-def dlq_replay(task: str, limit: int | None, message_ids: tuple[str, ...], url: str) -> None:
+@_url_option(_AMQP_URL_DEFAULT)
+def dlq_replay(task: str, limit: int | None, message_ids: tuple[str, ...], url: str | None) -> None:
     """Send dead letters of TASK back to its queue, oldest first."""
+    url = _broker_url(url)
     moved = _run(
         url,
         lambda channel: replay_dead_letters(
@@ -191,58 +358,99 @@ def dlq_replay(task: str, limit: int | None, message_ids: tuple[str, ...], url: 
 
 
 def _load_app(target: str) -> App:
-    """``package.module:attribute`` -> the App it names."""
+    """``package.module:attribute`` -> the App it names.
+
+    Raises:
+        _BadValue: TARGET is not of that form, does not import, or is not an App.
+    """
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise click.BadParameter(f"{target!r} is not module:attribute (e.g. myapp.tasks:app)")
+        raise _BadValue(f"TARGET {target!r} is not module:attribute (e.g. myapp.tasks:app)")
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attribute, None)
+        raise _BadValue(f"cannot import {module_name!r}: {exc}") from None
+    except LeveretError as exc:  # an App that refused a declaration while importing
+        raise _BadValue(f"cannot load {module_name!r}: {exc}") from None
+    if not hasattr(module, attribute):
+        raise _BadValue(f"TARGET {target!r}: module {module_name!r} has no {attribute!r}")
+    app = getattr(module, attribute)
     if not isinstance(app, App):
-        raise click.BadParameter(f"{target!r} is {type(app).__name__}, not a leveret.App")
+        raise _BadValue(f"TARGET {target!r} is {type(app).__name__}, not a leveret.App")
     return app
 
 
-@main.command()
+def _counted(app: App) -> str:
+    tasks, methods = len(app.tasks), len(app.rpcs)
+    return (
+        f"{tasks} task{'s' if tasks != 1 else ''}, "
+        f"{methods} RPC method{'s' if methods != 1 else ''}"
+    )
+
+
+@main.command(short_help="Serve an app's tasks and RPC methods until SIGINT/SIGTERM.")
 @_log_level_option("info")
 @click.argument("target")
-@click.option("--processes", default=1, show_default=True, help="Worker processes to run.")
-@click.option("--prefetch", type=int, help="Tasks per worker at once (default: each task's).")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    callback=_at_least(1),
+    help="Worker processes to run.",
+)
+@click.option(
+    "--prefetch",
+    type=int,
+    callback=_at_least(1),
+    help="Tasks per worker at once (default: each task's).",
+)
 @click.option(
     "--shutdown-timeout",
     default=30.0,
     show_default=True,
+    callback=_at_least(0),
     help="Seconds running tasks get to finish on SIGINT/SIGTERM.",
 )
 @click.option(
-    "--metrics-port", type=int, help="Serve Prometheus metrics here (needs leveret[metrics])."
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics here (needs leveret[metrics]).",
 )
-@url_option
+@_url_option(_APP_URL_DEFAULT)
 def run(
     target: str,
     processes: int,
     prefetch: int | None,
     shutdown_timeout: float,
     metrics_port: int | None,
-    url: str,
+    url: str | None,
 ) -> None:
     """Serve the tasks and RPC methods of TARGET (module:app) until SIGINT or SIGTERM.
 
-    With --processes N, each process has its own connection; with --metrics-port P,
-    process i serves its metrics on port P+i.
+    With --processes N, each process has its own connection, and gets the URL on
+    its stdin (never in its command line); SIGINT or SIGTERM to the first process
+    stops them all, gracefully, within --shutdown-timeout plus 10 s. If one of
+    them fails, the others are stopped. With --metrics-port P, process i serves
+    its metrics on port P+i.
     """
     app = _load_app(target)
+    url = _broker_url(url, app, target)
     if processes > 1:
+        if url.startswith("memory://"):
+            raise _BadValue("--processes above 1 needs RabbitMQ: memory:// is in one process")
         sys.exit(_run_processes(target, processes, prefetch, shutdown_timeout, metrics_port, url))
-    sys.exit(_serve(app, url, prefetch, shutdown_timeout, metrics_port))
+    _serve(app, target, url, prefetch, shutdown_timeout, metrics_port)
 
 
 def _serve(
-    app: App, url: str, prefetch: int | None, shutdown_timeout: float, metrics_port: int | None
-) -> int:
+    app: App,
+    target: str,
+    url: str,
+    prefetch: int | None,
+    shutdown_timeout: float,
+    metrics_port: int | None,
+) -> None:
     log = logging.getLogger("leveret.cli")
     if metrics_port is not None:
         from .metrics import enable_metrics
@@ -250,24 +458,43 @@ def _serve(
         enable_metrics(metrics_port, observers=app.observers)
 
     async def main() -> None:
-        async with await connect_robust(url, name=f"{app.name} worker") as connection:
+        with _first_connection():
+            connection = await connect_robust(url, name=f"{app.name} worker")
+        # Once workers may take tasks, a signal is kept for later rather than the
+        # default death; serve() takes the signals over without a gap.
+        loop = asyncio.get_running_loop()
+        early: list[signal.Signals] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, early.append, signum)
+        async with connection:
             master, rpc = await app.start(connection, prefetch_count=prefetch)
             log.info(
-                "serving %d tasks and %d rpc methods of %r on %s (pid %d)",
-                len(app.tasks),
-                len(app.rpcs),
+                "serving %s (app %r: %s) on %s, pid %d",
+                target,
                 app.name,
+                _counted(app),
                 safe_url(url),
                 os.getpid(),
             )
-            await serve(master, rpc, timeout=shutdown_timeout)
+            if early:
+                log.info("%s received while starting: stopping", early[0].name)
+                await asyncio.gather(master.close(shutdown_timeout), rpc.close(shutdown_timeout))
+            else:
+                await serve(master, rpc, timeout=shutdown_timeout)
 
-    try:
-        asyncio.run(main())
-    except ConnectError as exc:
-        click.echo(f"leveret run: {exc}\n{START_RABBITMQ}", err=True)
-        return 2
-    return 0
+    _run_async(url, main)
+
+
+def _check_broker(url: str) -> None:
+    """Open and close one connection: a broker that refuses is reported once, here,
+    rather than by every process."""
+
+    async def check() -> None:
+        with _first_connection():
+            connection = await connect(url, name="leveret run")
+            await connection.close()
+
+    _run_async(url, check)
 
 
 def _run_processes(
@@ -278,51 +505,34 @@ def _run_processes(
     metrics_port: int | None,
     url: str,
 ) -> int:
-    """Run ``processes`` single-process runners; forward SIGTERM; the worst exit code."""
-    command = [
-        sys.executable,
-        "-m",
-        "leveret.cli",
-        "run",
-        target,
-        "--processes",
-        "1",
-        "--shutdown-timeout",
-        str(shutdown_timeout),
-        "--url",
-        url,
-    ]
+    """Run ``processes`` single-process runners (see :mod:`._supervisor`)."""
+    _check_broker(url)
+    level = logging.getLevelName(logging.getLogger().level).lower()
+    command = [sys.executable, "-m", "leveret.cli", "--log-level", level, "run", target]
+    command += ["--shutdown-timeout", repr(shutdown_timeout), "--url", "-"]
     if prefetch is not None:
         command += ["--prefetch", str(prefetch)]
-    command += ["--log-level", logging.getLevelName(logging.getLogger().level).lower()]
-    children = [
-        subprocess.Popen(
-            command if metrics_port is None else [*command, "--metrics-port", str(metrics_port + i)]
-        )
+    commands = [
+        command if metrics_port is None else [*command, "--metrics-port", str(metrics_port + i)]
         for i in range(processes)
     ]
-
-    def forward(signum: int, frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    # Ctrl-C reaches the children from the terminal by itself; do not die before them.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return max(child.wait() for child in children)
+    try:
+        return run_processes(commands, url, shutdown_timeout)
+    except NotStopped as exc:
+        raise _Failure(str(exc)) from None
 
 
-@main.command()
+@main.command(short_help="Show an app's queues: ready messages and consumers.")
 @_log_level_option("error")
 @click.argument("target")
-@url_option
-def status(target: str, url: str) -> None:
+@_url_option(_APP_URL_DEFAULT)
+def status(target: str, url: str | None) -> None:
     """Show the queues TARGET (module:app) uses: ready messages and consumers.
 
     (AMQP does not tell how many messages are unacked; RabbitMQ's management UI does.)
     """
     app = _load_app(target)
+    url = _broker_url(url, app, target)
     names: list[str] = []
     for task in app.tasks.values():
         names.append(task.name)
@@ -344,31 +554,37 @@ def status(target: str, url: str) -> None:
                 channel = await channel.connection.channel()
         return rows
 
+    rows = _run(url, look)
     click.echo(f"{'queue':<50} {'ready':>10} {'consumers':>10}")
-    for name, ready, consumers in _run(url, look):
+    for name, ready, consumers in rows:
         click.echo(f"{name:<50} {ready:>10} {consumers:>10}")
 
 
-@main.command()
+@main.command(short_help="Run a worker and a callee, send tasks and calls, show the numbers.")
 @_log_level_option("error")
-@click.option("--tasks", default=10_000, show_default=True, help="Tasks to send.")
-@click.option("--calls", default=1_000, show_default=True, help="Sequential RPC calls to make.")
-@url_option
-def demo(tasks: int, calls: int, url: str) -> None:
+@click.option(
+    "--tasks", default=10_000, show_default=True, callback=_at_least(0), help="Tasks to send."
+)
+@click.option(
+    "--calls",
+    default=1_000,
+    show_default=True,
+    callback=_at_least(0),
+    help="Sequential RPC calls to make.",
+)
+@_url_option(_AMQP_URL_DEFAULT)
+def demo(tasks: int, calls: int, url: str | None) -> None:
     """Start a worker and an RPC callee, send them tasks and calls, and show the numbers.
 
-    ``--url memory://`` runs it all in this process on the in-memory broker.
+    With --url memory:// it all runs in this process, on the in-memory broker.
     """
     from rich.console import Console
 
     from ._demo import run_demo, summary
 
+    url = _broker_url(url)
     console = Console()
-    console.print(f"leveret demo against {safe_url(url)}")
-    try:
-        result = asyncio.run(run_demo(url, tasks, calls, console))
-    except ConnectError as exc:
-        raise click.ClickException(f"{exc}\n{START_RABBITMQ}") from None
+    result = _run_async(url, lambda: run_demo(url, safe_url(url), tasks, calls, console))
     console.print(summary(result))
 
 

@@ -31,6 +31,7 @@
         │                             (also a MessageReturnedError, so a PublishError)
         ├── CallInterruptedError      an RPC call's reply path closed first
         ├── CallRedeliveredError      a call redelivered too often to run again
+        ├── NoCurrentTaskError        current_task() outside a task function
         ├── MessageProcessingError    raised by a task function to settle its task
         │   ├── NackMessage
         │   └── RejectMessage
@@ -343,6 +344,11 @@ class CallInterruptedError(PatternError):
 class CallRedeliveredError(PatternError, RuntimeError):
     """What the caller of a call gets when the call was redelivered too often (it
     may crash its callee) to be run again."""
+
+
+class NoCurrentTaskError(PatternError, LookupError):
+    """:func:`~leveret.patterns.current_task` was called outside a task function (a
+    ``LookupError`` too, as a missing context variable is)."""
 
 
 class MessageProcessingError(PatternError):

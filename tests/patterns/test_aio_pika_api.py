@@ -343,7 +343,9 @@ async def test_a_compressed_body_that_inflates_past_the_limit_is_dead_lettered(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
     ran: list[object] = []
-    await CompressedJsonMaster(channel).create_worker(cleanup.queue(unique), ran.append)
+    await CompressedJsonMaster(channel).create_worker(
+        cleanup.queue(unique), lambda **kwargs: ran.append(kwargs)
+    )
     bomb = gzip.compress(b'{"x": "' + b"a" * (129 * 1024 * 1024) + b'"}', compresslevel=9)
     assert len(bomb) < 1024 * 1024
     await channel.publish(

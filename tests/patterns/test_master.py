@@ -1,8 +1,10 @@
 """Master/Worker, on RabbitMQ and on the in-memory broker."""
 
 import asyncio
+import datetime
 import json
 import pickle
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from leveret.amqp import Channel, Connection, Delivery
 from leveret.exceptions import (
+    ConfigurationError,
     MessageReturnedError,
     NotFoundError,
     PublishError,
@@ -56,6 +59,43 @@ async def test_dotted_proxy_names_become_dotted_task_names(
 async def test_positional_arguments_to_a_proxy_raise_type_error(channel: Channel) -> None:
     with pytest.raises(TypeError, match="keyword arguments only"):
         await Master(channel).proxy.anything(1, 2)
+
+
+async def test_kwargs_that_are_not_a_mapping_are_refused_with_what_to_pass(
+    channel: Channel,
+) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        await Master(channel).create_task("anything", kwargs=[1, 2])  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        "create_task('anything'): kwargs must be a mapping of keyword arguments "
+        "(kwargs={'name': value}), not list"
+    )
+
+
+async def test_an_argument_that_does_not_encode_is_named(channel: Channel) -> None:
+    when = datetime.datetime(2030, 1, 1)
+    with pytest.raises(SerializationError) as refused:
+        await Master(channel).create_task("anything", kwargs={"n": 1, "when": when})
+    assert str(refused.value) == (
+        "'when' (a datetime): cannot encode as JSON: "
+        "Object of type datetime is not JSON serializable"
+    )
+
+
+@pytest.mark.parametrize(
+    ("func", "problem"),
+    [
+        (lambda path, /: None, "has positional-only parameters (path, before a /)"),
+        (lambda *paths: None, "takes only positional arguments (*args)"),
+    ],
+)
+async def test_a_function_keyword_arguments_cannot_reach_is_refused_by_create_worker(
+    channel: Channel, unique: str, func: Any, problem: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
+        await Master(channel).create_worker(unique, func)
+    with pytest.raises(NotFoundError):  # refused before anything was declared
+        await (await channel.connection.channel()).queue_declare(unique, passive=True)
 
 
 async def test_task_nobody_consumes_raises_unroutable_at_once(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from leveret.amqp import Channel
-from leveret.exceptions import ConfigurationError
+from leveret.exceptions import ConfigurationError, NoCurrentTaskError
 from leveret.patterns import Master, NackMessage, RetryPolicy, current_task, retry_queue
 from tests.patterns.conftest import Cleanup, dead_letters
 from tests.support.waiting import wait_until
@@ -137,9 +137,14 @@ async def test_plain_functions_see_current_task_in_their_thread(
     assert seen == [(unique, 1, False)]
 
 
-def test_current_task_outside_a_task_raises_lookup_error() -> None:
-    with pytest.raises(LookupError):
+def test_current_task_outside_a_task_says_where_it_works() -> None:
+    with pytest.raises(NoCurrentTaskError) as outside:
         current_task()
+    assert str(outside.value) == (
+        "current_task() was called outside a task: it works only in a function a worker "
+        "runs (and in what that function calls)"
+    )
+    assert isinstance(outside.value, LookupError)  # as the bare context variable raised
 
 
 @pytest.mark.parametrize(

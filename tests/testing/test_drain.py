@@ -72,8 +72,31 @@ async def test_drain_says_what_is_left_when_it_times_out(
     await drain(leveret_broker.queues["idle"], timeout=0.05)  # a queue object needs no broker=
 
 
+async def test_a_queue_name_is_drained_on_the_broker_of_a_channel_or_connection_given_with_it(
+    leveret_broker: MemoryBroker,
+    leveret_connection: MemoryConnection,
+    leveret_channel: MemoryChannel,
+) -> None:
+    await leveret_channel.queue_declare("jobs")
+    await leveret_channel.publish(b"x", routing_key="jobs")
+    for targets in (
+        (leveret_channel, "jobs"),
+        ("jobs", leveret_channel),
+        (leveret_connection, "jobs"),
+    ):
+        with pytest.raises(TimeoutError, match="queue 'jobs': 1 ready"):
+            await drain(*targets, timeout=0.05)
+    await leveret_channel.queue_purge("jobs")
+    await drain(leveret_channel, "jobs", timeout=0.05)
+    await drain(leveret_connection, "jobs", timeout=0.05)
+
+
 async def test_drain_needs_a_broker_for_a_name_and_an_in_memory_channel() -> None:
-    with pytest.raises(ConfigurationError, match="pass broker="):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"drain\('tasks'\): a queue name needs its broker: pass a channel or connection "
+        r"of it \(drain\(leveret_channel, 'tasks'\)\) or broker=leveret_broker",
+    ):
         await drain("tasks")
 
     class NotMemory:

@@ -144,12 +144,37 @@ class Base:
         return (self.CONTENT_TYPE, *self._accept)
 
     def _encode(self, data: Any) -> bytes:
+        """``serialize(data)``.
+
+        Raises:
+            SerializationError: it cannot be encoded; for a mapping (a task's or a
+                call's arguments, a result), the message starts with the key whose
+                value does not encode.
+        """
         try:
             return self.serialize(data)
-        except SerializationError:
-            raise
         except Exception as exc:
-            raise SerializationError(f"cannot encode as {self.CONTENT_TYPE}: {exc}") from exc
+            message = (
+                str(exc)
+                if isinstance(exc, SerializationError)
+                else f"cannot encode as {self.CONTENT_TYPE}: {exc}"
+            )
+            culprit = self._culprit(data)
+            if culprit is None and isinstance(exc, SerializationError):
+                raise
+            where = "" if culprit is None else f"{culprit}: "
+            raise SerializationError(f"{where}{message}") from exc
+
+    def _culprit(self, data: Any) -> str | None:
+        """``"'key' (a type)"``: the first value of a mapping that does not encode on its
+        own (the failure path only: it encodes each value again)."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                try:
+                    self.serialize({key: value})
+                except Exception:
+                    return f"{key!r} (a {type(value).__name__})"
+        return None
 
     def _decode(self, delivery: Delivery) -> Any:
         """Decode a delivery's body if its content type is accepted.

@@ -29,6 +29,33 @@ def _listed(names: Collection[Any], limit: int = 10) -> str:
     return ", ".join(shown[:limit]) + more
 
 
+def _check_takes_keywords(
+    name: str,
+    func: Callable[..., Any],
+    parameters: Collection[inspect.Parameter],
+    keyword: Collection[Any],
+    takes_any: bool,
+) -> None:
+    """Refuse a function that tasks and calls (keyword arguments only) cannot reach."""
+    positional = [
+        p.name
+        for p in parameters
+        if p.kind == inspect.Parameter.POSITIONAL_ONLY and p.default is p.empty
+    ]
+    if positional:
+        raise ConfigurationError(
+            f"{name!r}: {func!r} has positional-only parameters ({_listed(positional)}, "
+            "before a /); tasks and calls pass keyword arguments only: make them keyword "
+            "parameters (def f(*, x): ...)"
+        )
+    star_args = any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    if star_args and not takes_any and not any(p.kind in keyword for p in parameters):
+        raise ConfigurationError(
+            f"{name!r}: {func!r} takes only positional arguments (*args); tasks and calls "
+            "pass keyword arguments only: name its parameters (def f(*, x): ...)"
+        )
+
+
 class KeywordCall:
     """A user function called with keyword arguments from the wire.
 
@@ -36,6 +63,11 @@ class KeywordCall:
     that does not fit is reported as such (and not confused with a TypeError
     raised inside the function). ``is_async`` tells an ``async def`` (run on the
     event loop) from a plain function (run in a thread: see :mod:`._threads`).
+
+    Raises:
+        ConfigurationError: ``func`` is not callable, or cannot take keyword
+            arguments (a positional-only parameter without a default, or ``*args``
+            and nothing else): every task or call would fail.
     """
 
     __slots__ = ("func", "is_async", "name", "optional", "required", "takes_any")
@@ -58,6 +90,7 @@ class KeywordCall:
             return  # builtins without a signature: let the call decide
         keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         self.takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
+        _check_takes_keywords(name, func, parameters, keyword, self.takes_any)
         self.required = frozenset(
             p.name for p in parameters if p.kind in keyword and p.default is p.empty
         )
@@ -77,12 +110,13 @@ class KeywordCall:
             return f"payload is {type(kwargs).__name__}, not an object of keyword arguments"
         names = kwargs.keys()
         missing = self.required - names
-        if missing:
-            return f"missing argument{'s' if len(missing) > 1 else ''} {_listed(missing)}"
-        if not self.takes_any:
-            unexpected = names - self.required - self.optional
-            if unexpected:
-                return (
-                    f"unexpected argument{'s' if len(unexpected) > 1 else ''} {_listed(unexpected)}"
-                )
-        return None
+        unexpected = () if self.takes_any else names - self.required - self.optional
+        if not (missing or unexpected):
+            return None
+        # Both, so that a misspelt name reads as the typo it is.
+        problems = [
+            f"{kind} argument{'s' if len(found) > 1 else ''} {_listed(found)}"
+            for kind, found in (("missing", missing), ("unexpected", unexpected))
+            if found
+        ]
+        return "; ".join(problems)

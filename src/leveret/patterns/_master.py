@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ..exceptions import MessageReturnedError, UnroutableError
+from ..exceptions import ConfigurationError, MessageReturnedError, UnroutableError
 from ..serializers import JSON, Serializer
 from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
 from ._call import KeywordCall
@@ -104,11 +104,20 @@ class Master(Base):
 
         Raises:
             UnroutableError: no queue is bound for ``channel_name``.
-            SerializationError: ``kwargs`` cannot be encoded.
+            ConfigurationError: ``kwargs`` is not a mapping.
+            SerializationError: ``kwargs`` cannot be encoded (the message names the
+                argument that does not).
             PublishError, ChannelClosedError: the broker did not take it.
         """
         # ``type`` is a message property here, as in aio-pika's create_task: hence __class__.
-        body = self._encode(kwargs if kwargs.__class__ is dict else dict(kwargs))
+        if kwargs.__class__ is not dict:
+            if not isinstance(kwargs, Mapping):
+                raise ConfigurationError(
+                    f"create_task({channel_name!r}): kwargs must be a mapping of keyword "
+                    f"arguments (kwargs={{'name': value}}), not {kwargs.__class__.__name__}"
+                )
+            kwargs = dict(kwargs)
+        body = self._encode(kwargs)
         if self.observers:
             headers = self.observers.send_headers("task", channel_name, dict(headers or {}))
         try:

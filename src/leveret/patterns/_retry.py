@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..amqp import Delivery
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, NoCurrentTaskError
 
 #: The attempt this delivery is (1 for the first run).
 ATTEMPT_HEADER = "x-leveret-attempt"
@@ -144,9 +144,15 @@ def current_task() -> TaskInfo:
     """The task being run by this worker (inside a task function only).
 
     Raises:
-        LookupError: called outside a task function.
+        NoCurrentTaskError: called outside a task function (a ``LookupError`` too).
     """
-    name, delivery, attempt, redeliveries = _current.get()
+    try:
+        name, delivery, attempt, redeliveries = _current.get()
+    except LookupError:
+        raise NoCurrentTaskError(
+            "current_task() was called outside a task: it works only in a function a "
+            "worker runs (and in what that function calls)"
+        ) from None
     headers = delivery.properties.headers or {}
     return TaskInfo(name, delivery.properties.message_id, attempt, redeliveries, headers)
 

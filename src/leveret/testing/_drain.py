@@ -10,9 +10,10 @@ from ..exceptions import ConfigurationError
 from ..patterns import RPC, Master, Worker
 from ._broker import MemoryBroker
 from ._channel import MemoryChannel
+from ._connection import MemoryConnection
 from ._queue import MemoryQueue
 
-Drainable = Master | Worker | RPC | MemoryQueue | str
+Drainable = Master | Worker | RPC | MemoryQueue | MemoryChannel | MemoryConnection | str
 
 
 async def drain(
@@ -25,24 +26,36 @@ async def drain(
 
     A target is a :class:`~leveret.patterns.Master` (the queues of all its
     workers), a :class:`~leveret.patterns.Worker`, an :class:`~leveret.patterns.RPC`
-    (the queues of the methods it serves), a :class:`MemoryQueue`, or a queue name
-    (then pass ``broker=``). A queue is drained when it has no ready and no unacked
-    message; a worker when it holds no task. With ``retries`` (the default) a
-    task waiting in a retry queue (``<task>.retry.<n>``) is still pending: it comes
-    back once its delay (on the event loop's clock) runs out, so give retry
-    policies short delays in tests. Dead-letter queues are where tasks end; they
-    are not waited for. It waits for the broker to change state, never polls.
+    (the queues of the methods it serves), a :class:`MemoryQueue`, or a queue name.
+    A name is looked up on the broker of the other targets; a
+    :class:`MemoryChannel` or :class:`MemoryConnection` target (or ``broker=``)
+    names that broker, so these are the same::
+
+        await drain(leveret_master)                      # all its workers' queues
+        await drain(leveret_channel, "images.resize")    # a queue, by name
+        await drain("images.resize", broker=leveret_broker)
+
+    A queue is drained when it has no ready and no unacked message; a worker when
+    it holds no task. With ``retries`` (the default) a task waiting in a retry
+    queue (``<task>.retry.<n>``) is still pending: it comes back once its delay (on
+    the event loop's clock) runs out, so give retry policies short delays in
+    tests. Dead-letter queues are where tasks end; they are not waited for. It
+    waits for the broker to change state, never polls.
 
     Raises:
         TimeoutError: still not drained after ``timeout`` seconds; the message
             says what is left (ready, unacked, consumers per queue).
-        ConfigurationError: a target is not on the in-memory broker, or a queue
-            name was given without ``broker=``.
+        ConfigurationError: a target is not on the in-memory broker, the targets
+            are on different brokers, or a queue name was given with nothing that
+            names its broker.
     """
     names: list[str] = []
     workers: list[Worker] = []
     for target in targets:
-        found, target_broker, target_workers = _resolve(target, broker)
+        if isinstance(target, str):
+            names.append(target)
+            continue
+        found, target_broker, target_workers = _resolve(target)
         if broker is None:
             broker = target_broker
         elif target_broker is not broker:
@@ -50,6 +63,12 @@ async def drain(
         names.extend(found)
         workers.extend(target_workers)
     if broker is None:
+        if names:
+            raise ConfigurationError(
+                f"drain({names[0]!r}): a queue name needs its broker: pass a channel or "
+                f"connection of it (drain(leveret_channel, {names[0]!r})) or "
+                "broker=leveret_broker"
+            )
         return  # nothing to wait for
 
     def pending() -> list[str]:
@@ -77,9 +96,8 @@ async def drain(
         raise TimeoutError(f"not drained after {timeout} s: {'; '.join(pending())}") from None
 
 
-def _resolve(
-    target: Drainable, broker: MemoryBroker | None
-) -> tuple[list[str], MemoryBroker | None, list[Worker]]:
+def _resolve(target: Drainable) -> tuple[list[str], MemoryBroker, list[Worker]]:
+    """The queues a target stands for, its broker, and the workers it holds."""
     if isinstance(target, Master):
         return (
             [worker.queue for worker in target.workers],
@@ -98,9 +116,9 @@ def _resolve(
         return served, channel._broker, []
     if isinstance(target, MemoryQueue):
         return [target.name], target._broker, []
-    if broker is None:
-        raise ConfigurationError(f"drain({target!r}): pass broker= with a queue name")
-    return [target], broker, []
+    if isinstance(target, MemoryConnection):
+        return [], target.broker, []
+    return [], _broker_of(target), []
 
 
 def _channel_of(channel: object) -> MemoryChannel:

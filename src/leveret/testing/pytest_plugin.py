@@ -31,10 +31,17 @@ Fixtures (all function-scoped; everything they open is closed after the test):
     An :class:`~leveret.patterns.RPC` on a channel of its own (one RPC per
     channel), serving and calling: ``register`` a function, then call it.
 
-Then ``await drain(leveret_master)`` (or a worker, an RPC, a queue) runs until
-the tasks sent so far are done, retries included, so a test can assert on what
-they did. The async fixtures need pytest-asyncio; without it, they fail with a
-message saying so.
+Then ``await drain(leveret_master)`` (or a worker, an RPC, a queue object, or a
+queue name with what names its broker: ``drain(leveret_channel, "resize")``,
+``drain("resize", broker=leveret_broker)``) runs until the tasks sent so far are
+done, retries included, so a test can assert on what they did.
+
+An :class:`~leveret.App` needs none of these: ``async with app.testing() as
+running`` serves it on an in-memory broker of its own and points its ``send()``
+and ``call()`` there (see :meth:`leveret.App.testing`).
+
+The async fixtures (and async tests) need pytest-asyncio
+(``pip install pytest-asyncio``); without it, they fail with a message saying so.
 """
 
 from __future__ import annotations
