@@ -442,3 +442,19 @@ async def test_copies_made_by_the_worker_carry_the_senders_user_id_as_a_header(
     (dead,) = await dead_letters(channel, unique, 1)
     assert dead.properties.user_id is None  # the broker would refuse a copy from another user
     assert dead.headers["x-leveret-original-user-id"] == "guest"
+
+
+async def test_a_master_used_with_async_with_closes_its_workers_on_the_way_out(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    async with Master(channel) as master:
+        await master.create_worker(cleanup.queue(unique), lambda: None)
+        assert (await channel.queue_declare(unique, passive=True)).consumer_count == 1
+    assert master.workers == []
+    await wait_until(
+        lambda: _consumers(channel, unique), 5, "the worker's consumer to be cancelled"
+    )
+
+
+async def _consumers(channel: Channel, queue: str) -> bool:
+    return (await channel.queue_declare(queue, passive=True)).consumer_count == 0

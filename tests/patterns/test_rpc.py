@@ -296,3 +296,13 @@ async def test_msgpack_serializer_round_trips_bytes(
     caller = await RPC.create(channel, serializer="msgpack")
     assert await caller.call(unique, {"blob": b"\x01\x02"}) == b"\x02\x01"
     await server.close()
+
+
+async def test_an_rpc_used_with_async_with_closes_on_the_way_out(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    async with await RPC.create(channel) as rpc:
+        await rpc.register(cleanup.queue(unique), multiply)
+        assert await rpc.call(unique, {"x": 2, "y": 2}) == 4
+    with pytest.raises(ConfigurationError, match="not listening"):
+        await rpc.call(unique, {"x": 1, "y": 1})

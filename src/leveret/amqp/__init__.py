@@ -18,6 +18,7 @@ and the confirm and return rules (:func:`resolve_confirm`,
 """
 
 from ._channel import Channel
+from ._closing import AsyncClosing
 from ._codec import decode_table, encode_shortstr, encode_table
 from ._confirms import ReturnCallback, dispatch_return, publish_not_confirmed, resolve_confirm
 from ._connection import Connection, connect
@@ -42,6 +43,7 @@ from ._url import DEFAULT_URL, ConnectionParameters, parse_url, parse_urls
 
 __all__ = [
     "DEFAULT_URL",
+    "AsyncClosing",
     "CancelCallback",
     "Channel",
     "ChannelState",

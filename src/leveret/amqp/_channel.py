@@ -29,6 +29,7 @@ from ..exceptions import (
     broker_error,
 )
 from ._acks import AckWindow
+from ._closing import AsyncClosing
 from ._codec import Method, encode_method_frame, method_name
 from ._confirms import ConfirmWindow, ReturnCallback, dispatch_return
 from ._consumer import Consumer, Consuming, broker_cancelled, notify_cancel
@@ -52,7 +53,7 @@ _CLOSING: Final = ChannelState.CLOSING
 _CLOSED: Final = ChannelState.CLOSED
 
 
-class Channel(Declarations, Consuming):
+class Channel(Declarations, Consuming, AsyncClosing):
     """An AMQP channel. Open one with :meth:`Connection.channel`; close it with
     :meth:`close` or ``async with``.
 
@@ -92,12 +93,6 @@ class Channel(Declarations, Consuming):
             f"<{type(self).__name__} {self.number} {self._state.value} "
             f"on {self._connection.params.safe_url()}>"
         )
-
-    async def __aenter__(self) -> Channel:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     @property
     def connection(self) -> Connection:

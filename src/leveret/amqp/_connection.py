@@ -28,6 +28,7 @@ from ..exceptions import (
     broker_error,
 )
 from ._channel import Channel
+from ._closing import AsyncClosing
 from ._codec import Method, decode_method, encode_method_frame, method_name
 from ._content import ChannelFrames
 from ._handshake import handshake, open_socket
@@ -76,7 +77,7 @@ class _ConnectionFrames:
         self._connection._update_flow()
 
 
-class Connection:
+class Connection(AsyncClosing):
     """An AMQP 0-9-1 connection. Create it with :func:`connect`.
 
     Use it as ``async with`` or call :meth:`close`; closing cancels and awaits
@@ -123,12 +124,6 @@ class Connection:
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
         return f"<{type(self).__name__} {self.params.safe_url(self.address)} {state}>"
-
-    async def __aenter__(self) -> Connection:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     @property
     def state(self) -> ConnectionState:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from ..amqp import AsyncClosing
 from ..exceptions import ConfigurationError, MessageReturnedError, UnroutableError
 from ..serializers import JSON, Serializer
 from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
@@ -29,7 +30,7 @@ from ._worker import Worker
 log = logging.getLogger("leveret.patterns")
 
 
-class Master(Base):
+class Master(Base, AsyncClosing):
     """Creates tasks, and workers that run them.
 
     ::
@@ -238,7 +239,8 @@ class Master(Base):
         return worker
 
     async def close(self, timeout: float | None = None) -> None:
-        """Close every worker this master created (see :meth:`Worker.close`)."""
+        """Close every worker this master created (see :meth:`Worker.close`); ``async
+        with Master(channel) as master:`` does it on the way out."""
         workers, self.workers = self.workers, []
         await asyncio.gather(*(worker.close(timeout) for worker in workers))
 

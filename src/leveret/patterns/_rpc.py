@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Self
 
-from ..amqp import Delivery, ReturnedMessage
+from ..amqp import AsyncClosing, Delivery, ReturnedMessage
 from ..exceptions import (
     AMQPError,
     CallInterruptedError,
@@ -103,7 +103,7 @@ class _ReplyRouter:
 _ROUTERS: weakref.WeakKeyDictionary[PatternChannel, _ReplyRouter] = weakref.WeakKeyDictionary()
 
 
-class RPC(Base):
+class RPC(Base, AsyncClosing):
     """Remote procedure calls over one channel.
 
     ::

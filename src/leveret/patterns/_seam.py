@@ -13,7 +13,8 @@ from typing import Any, Literal, Protocol
 from ..amqp import Delivery, Properties, QueueDeclareOk, ReturnedMessage
 from ..exceptions import ConfigurationError
 
-#: The queue types a worker or callee declares.
+#: The queue types a worker or callee declares (of :data:`leveret.amqp.QueueType`,
+#: those a task or call queue can be: a stream cannot be consumed as a work queue).
 QueueType = Literal["classic", "quorum"]
 
 

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
-from ..amqp import Delivery, Properties
+from ..amqp import Delivery, Properties, SettleKind
 from ..exceptions import AMQPError, ConfigurationError, DeliveryError, MessageReturnedError
 from ._retry import DROPPED_HEADER, ORIGINAL_USER_ID_HEADER
 from ._seam import PatternChannel
 
 log = logging.getLogger("leveret.patterns")
-
-
-#: How a delivery is settled.
-SettleKind = Literal["ack", "nack", "reject"]
 
 
 def settle(

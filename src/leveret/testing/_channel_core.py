@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..amqp import (
+    AsyncClosing,
     Consumer,
     Consuming,
     Delivery,
@@ -40,7 +41,7 @@ log = logging.getLogger("leveret.testing")
 T = TypeVar("T")
 
 
-class ChannelCore(Consuming):
+class ChannelCore(Consuming, AsyncClosing):
     """State, lifecycle, consuming and settling of a :class:`MemoryChannel`."""
 
     _connection: MemoryConnection

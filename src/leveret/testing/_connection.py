@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..amqp import TaskOwner
+from ..amqp import AsyncClosing, TaskOwner
 from ..exceptions import ConfigurationError, ConnectionClosedError
 from ._broker import MemoryBroker
 from ._channel import MemoryChannel
@@ -85,7 +85,7 @@ async def connect_memory(
     return await broker.connect(name=name if isinstance(name, str) else None)
 
 
-class MemoryConnection:
+class MemoryConnection(AsyncClosing):
     """A connection to a :class:`MemoryBroker` (see :func:`connect_memory`).
 
     Use it as ``async with`` or call :meth:`close`. It never drops, so it serves
@@ -118,12 +118,6 @@ class MemoryConnection:
         state = "closed" if self._closed else "open"
         named = f" {self.name!r}" if self.name else ""
         return f"<MemoryConnection{named} {self.broker.url} {state}>"
-
-    async def __aenter__(self) -> MemoryConnection:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     @property
     def is_open(self) -> bool:
