@@ -19,6 +19,8 @@ import logging
 import os
 import signal
 import sys
+import sysconfig
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, NoReturn, TypeVar
 
@@ -357,6 +359,11 @@ def dlq_replay(task: str, limit: int | None, message_ids: tuple[str, ...], url: 
     )
 
 
+_PYTHON_PATHS = tuple(
+    sysconfig.get_paths()[kind] + os.sep for kind in ("stdlib", "platstdlib", "purelib", "platlib")
+)
+
+
 def _load_app(target: str) -> App:
     """``package.module:attribute`` -> the App it names.
 
@@ -373,6 +380,20 @@ def _load_app(target: str) -> App:
         raise _BadValue(f"cannot import {module_name!r}: {exc}") from None
     except LeveretError as exc:  # an App that refused a declaration while importing
         raise _BadValue(f"cannot load {module_name!r}: {exc}") from None
+    except SyntaxError as exc:
+        where = f"{exc.filename}, line {exc.lineno}"
+        raise _BadValue(f"cannot import {module_name!r}: {where}: {exc.msg}") from None
+    except Exception as exc:  # the module's own code failed: where, in one line
+        frames = traceback.extract_tb(exc.__traceback__)
+        # The deepest line of the user's own files: not Python's, an installed
+        # package's, importlib's frozen ones or leveret's.
+        theirs = (*_PYTHON_PATHS, os.path.dirname(__file__) + os.sep, "<")
+        own = [f for f in frames if not f.filename.startswith(theirs)]
+        frame = (own or frames)[-1]
+        where = f"{frame.filename}, line {frame.lineno}"
+        raise _BadValue(
+            f"cannot import {module_name!r}: {where}: {type(exc).__name__}: {exc}"
+        ) from None
     if not hasattr(module, attribute):
         raise _BadValue(f"TARGET {target!r}: module {module_name!r} has no {attribute!r}")
     app = getattr(module, attribute)

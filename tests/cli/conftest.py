@@ -39,6 +39,12 @@ APP_MODULE = textwrap.dedent(
             f.write(f"{os.getpid()} hogging\\n")
         time.sleep(seconds)  # blocks its event loop: its process cannot stop in time
 
+    @app.task
+    def nap(*, seconds: float) -> None:
+        with out.open("a") as f:
+            f.write(f"{os.getpid()} napping\\n")
+        time.sleep(seconds)  # a plain function blocked in C: no interruption reaches it
+
     @app.rpc
     def multiply(*, x: int, y: int) -> int:
         return x * y

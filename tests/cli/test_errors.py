@@ -383,3 +383,19 @@ def test_version_names_the_installed_leveret() -> None:
         f"leveret {__version__}\n",
         "",
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("def broken(:\n", "line 1: invalid syntax"),
+        ("import os\nos.environ['NO_SUCH_SETTING']\n", "line 2: KeyError: 'NO_SUCH_SETTING'"),
+    ],
+)
+def test_an_app_module_that_fails_to_import_is_one_line_naming_where(
+    project: Project, source: str, words: str
+) -> None:
+    (project.folder / "badapp.py").write_text(source)
+    result = leveret("run", "badapp:app", env=project.env)
+    module = project.folder / "badapp.py"
+    assert_one_line(result, f"leveret run: cannot import 'badapp': {module}, {words}", 2)

@@ -46,6 +46,9 @@ def _client_app(project: Project) -> App:
     @app.task
     async def hog(*, seconds: float) -> None: ...
 
+    @app.task
+    def nap(*, seconds: float) -> None: ...
+
     @app.rpc
     def multiply(*, x: int, y: int) -> int:
         raise NotImplementedError  # served by the runner's processes
@@ -74,7 +77,7 @@ async def _served_by(project: Project, processes: int) -> None:
 async def _delete_queues(project: Project) -> None:
     async with await connect(AMQP_URL) as conn:
         channel = await conn.channel()
-        for name in ("record", "hog"):
+        for name in ("record", "hog", "nap"):
             for queue in (f"{project.prefix}.{name}", f"{project.prefix}.{name}.dlq"):
                 await channel.queue_delete(queue)
         await channel.queue_delete(f"{project.prefix}.multiply")
@@ -187,6 +190,26 @@ async def test_processes_that_cannot_stop_are_killed_after_the_shutdown_timeout_
     )
 
 
+async def test_a_plain_function_stuck_past_the_shutdown_timeout_neither_holds_the_exit_nor_is_lost(
+    amqp_url: str, project: Project, reaper: Reaper
+) -> None:
+    async with _serving(project, reaper, 1, "--shutdown-timeout", "1") as (runner, _):
+        async with _client_app(project) as client:
+            await client.tasks[f"{project.prefix}.nap"].send(seconds=60)
+        await wait_until(lambda: project.lines(), 10, "the nap to start")
+        started = time.monotonic()
+        err = await _stop(runner, signal.SIGINT)
+        took = time.monotonic() - started
+        async with await connect(AMQP_URL) as conn:
+            channel = await conn.channel()
+            waiting = await channel.queue_declare(f"{project.prefix}.nap", passive=True)
+    # Bounded by --shutdown-timeout plus a second for the interruption, not the 60 s nap.
+    assert took < 10, err
+    assert runner.returncode == 0, err
+    assert "it is left running in its thread, and its task is requeued: it may run again" in err
+    assert waiting.message_count == 1  # back in its queue, for the next worker
+
+
 async def test_leveret_run_logs_what_it_serves_under_the_apps_name(
     amqp_url: str, project: Project, reaper: Reaper
 ) -> None:
@@ -194,7 +217,7 @@ async def test_leveret_run_logs_what_it_serves_under_the_apps_name(
         err = await _stop(runner, signal.SIGTERM)
     assert runner.returncode == 0, err
     assert (
-        f"INFO leveret.cli: serving demoapp:app (app {project.prefix!r}: 2 tasks, 1 RPC method) "
+        f"INFO leveret.cli: serving demoapp:app (app {project.prefix!r}: 3 tasks, 1 RPC method) "
         f"on amqp://guest:******@127.0.0.1:5672/, pid {runner.pid}\n"
     ) in err
 

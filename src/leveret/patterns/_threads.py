@@ -14,8 +14,14 @@ returns. The task is settled only once the thread has let go of it, by what the
 function did: returned (ack, even if late: the work is done, so it is not run
 again), raised the interruption (a time-out, or a requeue on shutdown), or
 raised something else (the ordinary failure path). A function that ignores the
-interruption for ``grace`` seconds is left running; its task is then requeued
-and may run again elsewhere, which is logged as an error.
+interruption past its time limit is logged after ``INTERRUPT_GRACE`` seconds
+and its task settled when it returns; one that ignores it at shutdown for
+``SHUTDOWN_GRACE`` seconds (on top of the shutdown timeout) is left running and
+its task requeued: it may run again elsewhere, which is logged as an error.
+
+The threads are daemon threads, so a function stuck in C never holds up the
+process's exit: the stop of a worker is bounded by its shutdown timeout plus
+``SHUTDOWN_GRACE``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import concurrent.futures
 import contextvars
 import ctypes
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -32,8 +39,10 @@ from typing import Any
 
 log = logging.getLogger("leveret.patterns")
 
-#: How long an interrupted function may take to let go of its thread.
+#: How long a function interrupted at its time limit may take to let go of its thread.
 INTERRUPT_GRACE = 5.0
+#: How long a function interrupted because its worker stops may take to let go.
+SHUTDOWN_GRACE = 1.0
 
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
@@ -114,12 +123,52 @@ class _Call:
             return True
 
 
+class _DaemonThreads:
+    """Up to ``size`` daemon threads, started as work comes, taking calls from one queue.
+
+    Not ``concurrent.futures.ThreadPoolExecutor``: its threads are joined when the
+    interpreter exits, so one function blocked in C would hold the process open.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._started = 0
+        self._calls: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], _Call] | None]
+        self._calls = queue.SimpleQueue()
+
+    def submit(self, call: _Call) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._calls.put((future, call))
+        if self._started < self._size:
+            self._started += 1
+            name = f"{self._name}_{self._started}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, call = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call.run()
+            except BaseException as exc:  # delivered to the awaiting side, never lost
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self) -> None:
+        for _ in range(self._started):
+            self._calls.put(None)
+
+
 class ThreadPool:
     """The threads of one worker or callee (``size`` of them), named after it."""
 
     def __init__(self, size: int, name: str) -> None:
         self.size = size
-        self._executor = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix=name)
+        self._threads = _DaemonThreads(size, name)
         self._name = name
 
     async def run(
@@ -134,13 +183,14 @@ class ThreadPool:
 
         Raises:
             TimeLimitExceeded: it ran longer than ``time_limit`` seconds (counted
-                from when it started) and was interrupted.
+                from when it started) and was interrupted (one that ignores the
+                interruption for ``grace`` seconds is logged and waited for).
             asyncio.CancelledError: the caller was cancelled and the function
-                was interrupted (or did not let go within ``grace``: logged).
+                was interrupted (or did not let go within ``SHUTDOWN_GRACE``: logged).
         """
         loop = asyncio.get_running_loop()
         call = _Call(func, kwargs)
-        future = loop.run_in_executor(self._executor, call.run)
+        future = asyncio.wrap_future(self._threads.submit(call), loop=loop)
         try:
             if time_limit is None:
                 return await asyncio.shield(future)
@@ -159,7 +209,7 @@ class ThreadPool:
             if call.cancel():
                 raise  # it never started: the task goes back to its queue untouched
             call.interrupt()
-            result = await self._after_cancel(future, grace)
+            result = await self._after_cancel(future, SHUTDOWN_GRACE)
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # the function finished after all: its result is settled
@@ -206,4 +256,4 @@ class ThreadPool:
 
     def shutdown(self) -> None:
         """Let the threads end once idle (running functions are not waited for)."""
-        self._executor.shutdown(wait=False)
+        self._threads.shutdown()
