@@ -29,6 +29,8 @@
         ├── SerializationError        a payload that does not encode or decode
         ├── UnroutableError           no queue takes that task or method name
         │                             (also a MessageReturnedError, so a PublishError)
+        ├── NoCalleeError             an RPC call's method has no callee consuming now
+        │                             (also a TimeoutError)
         ├── CallInterruptedError      an RPC call's reply path closed first
         ├── CallRedeliveredError      a call redelivered too often to run again
         ├── NoCurrentTaskError        current_task() outside a task function
@@ -334,6 +336,17 @@ class UnroutableError(MessageReturnedError, PatternError):
     @property
     def returned(self) -> ReturnedMessage:
         return self.message
+
+
+class NoCalleeError(PatternError, TimeoutError):
+    """An RPC call was routed to its method's queue, but nothing consumes that queue
+    (its callees stopped, or never started): the call fails within about a second
+    instead of waiting for its timeout. The call stays in the queue until it
+    expires, so a callee that starts in time may still run it.
+
+    Also a :class:`TimeoutError`: the reply will not come in time, and code
+    written for aio-pika (which waits out the timeout) catches it as before.
+    """
 
 
 class CallInterruptedError(PatternError):

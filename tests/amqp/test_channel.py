@@ -242,3 +242,18 @@ async def test_a_return_fails_the_publish_it_belongs_to_among_identical_bodies(
     failed = [i for i, result in enumerate(results) if isinstance(result, MessageReturnedError)]
     assert failed == list(range(0, 20, 2))
     assert (await channel.queue_declare(queue, passive=True)).message_count == 10
+
+
+async def test_a_channel_whose_opening_is_cancelled_does_not_spoil_the_next_one(
+    connection: Connection, unique: str
+) -> None:
+    opening = asyncio.ensure_future(connection.channel())
+    await asyncio.sleep(0)  # channel.open is on its way, the open-ok is not back yet
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    channel = await connection.channel()  # would reuse the number before it was closed
+    await channel.queue_declare(unique)
+    assert (await channel.queue_declare(unique, passive=True)).queue == unique
+    assert not connection.is_closed
+    await channel.queue_delete(unique)

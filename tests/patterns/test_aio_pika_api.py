@@ -481,7 +481,7 @@ async def test_a_call_with_an_expiration_and_no_timeout_raises_timeout_error_in_
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
     await channel.queue_declare(cleanup.queue(unique))  # a queue with no consumer
-    rpc = await RPC.create(channel)
+    rpc = await RPC.create(channel, fail_fast=False)  # waits, as aio-pika does
     assert rpc.timeout is None
     loop = asyncio.get_running_loop()
     started = loop.time()

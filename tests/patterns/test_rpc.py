@@ -306,3 +306,15 @@ async def test_an_rpc_used_with_async_with_closes_on_the_way_out(
         assert await rpc.call(unique, {"x": 2, "y": 2}) == 4
     with pytest.raises(ConfigurationError, match="not listening"):
         await rpc.call(unique, {"x": 1, "y": 1})
+
+
+async def test_call_kwargs_that_are_not_a_mapping_are_refused_with_what_to_pass(
+    channel: Channel,
+) -> None:
+    rpc = await RPC.create(channel)
+    with pytest.raises(ConfigurationError) as refused:
+        await rpc.call("anything", [1, 2])  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        "call('anything'): kwargs must be a mapping of keyword arguments "
+        "(kwargs={'name': value}), not list"
+    )

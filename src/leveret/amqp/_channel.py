@@ -70,6 +70,7 @@ class Channel(Declarations, Consuming, AsyncClosing):
         self.number = number
         self.publisher_confirms = publisher_confirms
         self._state = _OPENING
+        self._open_sent = False  # channel.open written for this incarnation
         self._close_reason: BaseException | None = None
         self._waiters: deque[tuple[tuple[str, ...], asyncio.Future[Method]]] = deque()
         self._consumers: dict[str, Consumer] = {}
@@ -120,6 +121,7 @@ class Channel(Declarations, Consuming, AsyncClosing):
         self._frames = ChannelFrames(self, self._consumers, self._acks, self._confirms, self._tasks)
         self._get_waiter = None
         self._connection._register_channel(self, self._frames)
+        self._open_sent = True
         await self._call("channel.open", ("channel.open-ok",))
         if self.publisher_confirms:
             await self._call("confirm.select", ("confirm.select-ok",))
@@ -151,6 +153,24 @@ class Channel(Declarations, Consuming, AsyncClosing):
         self._finish(ChannelClosedError(f"channel {self.number} was closed by its owner"))
         self._abandon(f"channel {self.number} was closed by its owner")
 
+    def _opening_on_broker(self) -> bool:
+        """Whether ``channel.open`` went out and the channel is not open yet (its
+        open-ok may be back already: a cancellation can land after it)."""
+        return self._state is _OPENING and self._open_sent
+
+    async def _close_abandoned(self) -> None:
+        """Close a channel whose opening was cancelled, then free its number.
+
+        The replies to what the opening sent still come first, to the cancelled
+        waiters, which ignore them.
+        """
+        with contextlib.suppress(AMQPError):
+            await self._call(
+                "channel.close", ("channel.close-ok",), reply_code=200, reply_text="Normal shutdown"
+            )
+        self._finish(ChannelClosedError(f"channel {self.number}: its opening was cancelled"))
+        self._abandon(f"channel {self.number}: its opening was cancelled")
+
     async def _connection_closing(self) -> None:
         """Its connection is being closed by its owner: settle what is settled, stop tasks."""
         self._acks.flush()
@@ -169,6 +189,7 @@ class Channel(Declarations, Consuming, AsyncClosing):
         if self._state is _CLOSED:
             return
         self._state = _CLOSED
+        self._open_sent = False
         self._acks.open = False
         self._close_reason = reason
         self._connection._unregister_channel(self, self._frames)

@@ -237,6 +237,16 @@ class Connection(AsyncClosing):
             self._channels[channel.number] = channel
         try:
             await channel._open()
+        except asyncio.CancelledError:
+            if channel._opening_on_broker():
+                # Trap: the broker has the channel (or will, once it reads the open), so
+                # its number must not be reused before it is closed there: a second
+                # channel.open on it is a connection error (504).
+                self._tasks.spawn(channel._close_abandoned(), f"close channel {channel.number}")
+            else:
+                self._forget_channel(channel)
+                self._handlers.pop(channel.number, None)
+            raise
         except BaseException:
             self._forget_channel(channel)
             self._handlers.pop(channel.number, None)

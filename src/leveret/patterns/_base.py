@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import pickle
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from ..amqp import Delivery
@@ -216,6 +216,20 @@ class CompressedJson(Base):
 
 #: A duration as aio-pika takes it: seconds, a timedelta, or a datetime (until then).
 Duration = float | datetime.timedelta | datetime.datetime
+
+
+def keyword_arguments(kwargs: object, call: str) -> dict[str, Any]:
+    """``kwargs`` as the dict of keyword arguments it must be.
+
+    Raises:
+        ConfigurationError: it is not a mapping (``call`` says whose).
+    """
+    if not isinstance(kwargs, Mapping):
+        raise ConfigurationError(
+            f"{call}: kwargs must be a mapping of keyword arguments "
+            f"(kwargs={{'name': value}}), not {kwargs.__class__.__name__}"
+        )
+    return dict(kwargs)
 
 
 def milliseconds(value: Duration, *, minimum: int = 0) -> int:

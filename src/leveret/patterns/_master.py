@@ -18,9 +18,9 @@ from types import MappingProxyType
 from typing import Any
 
 from ..amqp import AsyncClosing
-from ..exceptions import ConfigurationError, MessageReturnedError, UnroutableError
+from ..exceptions import MessageReturnedError, UnroutableError
 from ..serializers import JSON, Serializer
-from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
+from ._base import Base, CompressedJson, Duration, Proxy, keyword_arguments, milliseconds
 from ._call import KeywordCall
 from ._observe import Observer, Observers
 from ._retry import RetryPolicy, dead_letter_queue
@@ -112,12 +112,7 @@ class Master(Base, AsyncClosing):
         """
         # ``type`` is a message property here, as in aio-pika's create_task: hence __class__.
         if kwargs.__class__ is not dict:
-            if not isinstance(kwargs, Mapping):
-                raise ConfigurationError(
-                    f"create_task({channel_name!r}): kwargs must be a mapping of keyword "
-                    f"arguments (kwargs={{'name': value}}), not {kwargs.__class__.__name__}"
-                )
-            kwargs = dict(kwargs)
+            kwargs = keyword_arguments(kwargs, f"create_task({channel_name!r})")
         body = self._encode(kwargs)
         if self.observers:
             headers = self.observers.send_headers("task", channel_name, dict(headers or {}))

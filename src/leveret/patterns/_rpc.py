@@ -29,13 +29,15 @@ from ..exceptions import (
     AMQPError,
     CallInterruptedError,
     ConfigurationError,
+    NoCalleeError,
     SerializationError,
     UnroutableError,
 )
 from ..serializers import JSON, JSONSerializer, Serializer
-from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
+from ._base import Base, CompressedJson, Duration, Proxy, keyword_arguments, milliseconds
 from ._call import KeywordCall
 from ._callee import DEADLINE_HEADER, Callee
+from ._liveness import CalleeWatch, PendingCall
 from ._observe import Observer, Observers
 from ._remote import error_payload, rebuild_error
 from ._seam import PatternChannel, QueueType, is_quorum
@@ -120,7 +122,10 @@ class RPC(Base, AsyncClosing):
     exception or was registered (``exceptions=`` or :meth:`register_exception`).
     Any number of RPCs may share a channel; replies reach the right one by
     correlation id. ``host_exceptions=True`` (aio-pika's) logs every exception a
-    callee raises with its traceback.
+    callee raises with its traceback. A call whose method's queue has no consumer
+    fails within about a second with :class:`~leveret.exceptions.NoCalleeError`
+    (see :mod:`leveret.patterns._liveness`); ``fail_fast=False`` waits instead,
+    as aio-pika does.
     """
 
     DELIVERY_MODE = 1
@@ -138,6 +143,7 @@ class RPC(Base, AsyncClosing):
         exceptions: Collection[type[Exception]] = (),
         max_redeliveries: int = 5,
         observers: Observers | Iterable[Observer] | None = None,
+        fail_fast: bool = True,
     ) -> None:
         super().__init__(serializer=serializer, accept=accept)
         self.channel = channel
@@ -150,7 +156,10 @@ class RPC(Base, AsyncClosing):
         self.proxy = Proxy(self.call)
         #: The exchange calls go through ("": the default exchange); see :meth:`initialize`.
         self.exchange = ""
-        self._pending: dict[str, tuple[asyncio.Future[Any], str]] = {}
+        self._pending: dict[str, PendingCall] = {}
+        self._watch = (
+            CalleeWatch(channel, self._pending, self._fail_unserved) if fail_fast else None
+        )
         self._callees: dict[str, Callee] = {}
         self._exceptions: dict[str, type[Exception]] = {}
         for cls in exceptions:
@@ -178,8 +187,8 @@ class RPC(Base, AsyncClosing):
         """Create an RPC on ``channel`` and start listening for replies.
 
         ``kwargs`` go to the constructor (``timeout``, ``serializer``, ``accept``,
-        ``prefetch_count``, ``exceptions``, ``max_redeliveries``, ``observers``); the
-        rest are aio-pika's :meth:`initialize` arguments.
+        ``prefetch_count``, ``exceptions``, ``max_redeliveries``, ``observers``,
+        ``fail_fast``); the rest are aio-pika's :meth:`initialize` arguments.
 
         Raises:
             TypeError: an argument neither takes.
@@ -276,6 +285,7 @@ class RPC(Base, AsyncClosing):
         Raises:
             TimeoutError: no reply within ``timeout``.
             UnroutableError: nobody registered ``method_name`` (at once).
+            NoCalleeError: its queue has no consumer (within about a second).
             RemoteError: the callee raised (see the class docstring).
             CallInterruptedError: the channel or the RPC closed first.
             SerializationError: the arguments or the reply cannot be encoded/decoded.
@@ -314,17 +324,24 @@ class RPC(Base, AsyncClosing):
             expiration_ms = milliseconds(expiration, minimum=1)
             if timeout is None:
                 timeout = expiration_ms / 1000
-        body = self._encode(kwargs if type(kwargs) is dict else dict(kwargs or {}))
+        if kwargs.__class__ is not dict:
+            kwargs = {} if kwargs is None else keyword_arguments(kwargs, f"call({method_name!r})")
+        body = self._encode(kwargs)
         correlation_id = f"{self._id_prefix}.{next(self._ids)}"
         headers = None if timeout is None else {DEADLINE_HEADER: time.time() + timeout}
         if self.observers:
             headers = self.observers.send_headers("call", method_name, headers)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[correlation_id] = (future, method_name)
+        routing_key = self.routing_key(method_name) if self.exchange else method_name
+        self._pending[correlation_id] = PendingCall(
+            future, method_name, routing_key, time.monotonic()
+        )
+        if self._watch is not None:
+            self._watch.sent()
         send = self.channel.publish(
             body,
             exchange=self.exchange,
-            routing_key=self.routing_key(method_name) if self.exchange else method_name,
+            routing_key=routing_key,
             mandatory=True,
             content_type=self.CONTENT_TYPE,
             delivery_mode=delivery_mode or self.DELIVERY_MODE,
@@ -360,7 +377,7 @@ class RPC(Base, AsyncClosing):
         if entry is None:
             log.debug("reply %r matches no pending call (it came after a timeout?)", correlation_id)
             return
-        future, name = entry
+        future, name = entry.future, entry.method
         if future.done():
             return
         kind = delivery.properties.type
@@ -380,7 +397,7 @@ class RPC(Base, AsyncClosing):
         entry = self._pending.pop(message.properties.correlation_id or "", None)
         if entry is None:
             return  # not one of our calls
-        future, name = entry
+        future, name = entry.future, entry.method
         if not future.done():
             future.set_exception(
                 UnroutableError(
@@ -396,9 +413,23 @@ class RPC(Base, AsyncClosing):
     def _on_channel_closed(self, channel: PatternChannel, reason: BaseException | None) -> None:
         self._fail_pending(f"the channel closed ({reason})")
 
+    def _fail_unserved(self, method: str, before: float, why: str) -> None:
+        for correlation_id, call in list(self._pending.items()):
+            if call.method == method and call.sent < before:
+                del self._pending[correlation_id]
+                if not call.future.done():
+                    call.future.set_exception(
+                        NoCalleeError(
+                            f"nobody serves {method!r}{self._on_exchange()} now: {why} "
+                            f"(its callees stopped, or never started); the call stays queued "
+                            f"until it expires, so a callee that starts in time may still run it"
+                        )
+                    )
+
     def _fail_pending(self, why: str) -> None:
-        pending, self._pending = self._pending, {}
-        for future, name in pending.values():
+        pending = list(self._pending.values())
+        self._pending.clear()  # the same dict: the callee watch holds it
+        for future, name, _, _ in pending:
             if not future.done():
                 future.set_exception(
                     CallInterruptedError(
@@ -531,6 +562,8 @@ class RPC(Base, AsyncClosing):
             return
         self._closed = True
         self._fail_pending("the RPC was closed")
+        if self._watch is not None:
+            await self._watch.close()
         for name in list(self._callees):
             await self.unregister(name, timeout=timeout)
         if self._listening:

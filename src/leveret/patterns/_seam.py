@@ -18,6 +18,13 @@ from ..exceptions import ConfigurationError
 QueueType = Literal["classic", "quorum"]
 
 
+class PatternConnection(Protocol):
+    """What the patterns use of a channel's connection: another channel, for work
+    that must not risk the first (a passive declare that may 404)."""
+
+    async def channel(self, *, publisher_confirms: bool = True) -> PatternChannel: ...
+
+
 class PatternChannel(Protocol):
     """The seam: the only channel methods the patterns use.
 
@@ -31,6 +38,12 @@ class PatternChannel(Protocol):
     @property
     def is_closed(self) -> bool:
         """Closed for good (a robust channel waiting to reopen is not)."""
+
+    @property
+    def connection(self) -> PatternConnection:
+        """The connection the channel belongs to."""
+
+    async def close(self) -> None: ...
 
     async def queue_declare(
         self,
