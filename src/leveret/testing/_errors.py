@@ -62,7 +62,12 @@ def inequivalent(kind: str, name: str, arg: str, received: str, current: str) ->
 
 
 def not_implemented(what: str) -> Refusal:
-    return Refusal(540, f"NOT_IMPLEMENTED - {what} (not implemented by the in-memory broker)")
+    """Something RabbitMQ does that the in-memory broker does not: refused, never ignored."""
+    return Refusal(
+        540,
+        f"NOT_IMPLEMENTED - {what}: not supported by the in-memory broker; "
+        "test this against RabbitMQ",
+    )
 
 
 def flag(value: bool) -> str:
