@@ -32,6 +32,7 @@ from ._errors import (
 from ._exchanges import REPLY_TO, REPLY_TO_PREFIX, Exchanges, route
 from ._message import StoredMessage, dead_lettered_properties, is_dead_letter_cycle
 from ._queue import MemoryQueue
+from ._validation import CAPABILITIES, check_classic_settings, check_queue_arguments
 
 if TYPE_CHECKING:
     from ._connection import MemoryConnection
@@ -48,8 +49,10 @@ EQUIVALENT_ARGS = (
     "x-max-priority",
     "x-message-ttl",
     "x-overflow",
+    "x-queue-master-locator",
     "x-queue-mode",
     "x-queue-type",
+    "x-queue-version",
     "x-single-active-consumer",
 )
 
@@ -186,6 +189,8 @@ class MemoryBroker(Exchanges):
             existing.used()
             return QueueDeclareOk(name, existing.ready_count(), existing.consumer_count)
         queue_type = arguments.get("x-queue-type", "classic")
+        if queue_type in CAPABILITIES:
+            check_queue_arguments(name, queue_type, arguments)
         if queue_type == "quorum":
             for invalid, prop in (
                 (not durable, "non-durable"),
@@ -206,6 +211,7 @@ class MemoryBroker(Exchanges):
                 f"PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{name}' in vhost "
                 f"'/': \"unsupported queue type '{queue_type}'\"",
             )
+        check_classic_settings(name, arguments)
         queue = MemoryQueue(
             self,
             name,

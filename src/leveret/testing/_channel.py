@@ -12,6 +12,7 @@ the channel closes; a confirming publish returns once the broker took the messag
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -32,6 +33,7 @@ from ._errors import Refusal
 from ._exchanges import REPLY_TO
 from ._message import decode, normalize_table
 from ._transaction import Transaction
+from ._validation import MAX_TTL
 
 if TYPE_CHECKING:
     from ._connection import MemoryConnection
@@ -311,20 +313,27 @@ def _sender_keys(headers: Any, name: str) -> list[str]:
 
 
 def _expiration(value: str | None) -> int | None:
-    """A per-message TTL in ms, refused as RabbitMQ refuses it."""
+    """A per-message TTL in ms, refused as RabbitMQ refuses it (it reads the string
+    as Erlang's ``string:to_integer`` does: an optional sign and digits, nothing more)."""
     if value is None:
         return None
-    try:
-        ttl = int(value)
-    except ValueError:
-        raise Refusal(
-            406, f"PRECONDITION_FAILED - invalid expiration '{value}': no_integer"
-        ) from None
-    if ttl < 0:
-        raise Refusal(
-            406, f"PRECONDITION_FAILED - invalid expiration '{value}': {{value_negative,{ttl}}}"
-        )
-    return ttl
+    match = _INTEGER.match(value)
+    if match is None:
+        problem = "no_integer"
+    elif match.end() < len(value):
+        problem = f'{{leftover_string,"{value[match.end() :]}"}}'
+    else:
+        ttl = int(match.group())
+        if ttl < 0:
+            problem = f"{{value_negative,{ttl}}}"
+        elif ttl > MAX_TTL:
+            problem = f"{{value_too_large,{ttl}}}"
+        else:
+            return ttl
+    raise Refusal(406, f"PRECONDITION_FAILED - invalid expiration '{value}': {problem}")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 if TYPE_CHECKING:

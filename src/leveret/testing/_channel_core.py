@@ -27,8 +27,9 @@ from ..amqp import (
     publish_not_confirmed,
 )
 from ..exceptions import BrokerError, ChannelClosedError, broker_error
-from ._errors import Refusal
+from ._errors import Refusal, amqp_type
 from ._exchanges import REPLY_TO
+from ._message import normalize_table
 from ._queue import MemoryQueue, Subscription
 from ._transaction import Transaction
 from ._unacked import UnackedDeliveries
@@ -188,6 +189,16 @@ class ChannelCore(Consuming, AsyncClosing):
                 target = self._reply_queue = self._broker.new_reply_queue()
             else:
                 target = self._broker._queue(consumer.queue, self._connection)
+                priority = normalize_table(consumer.arguments).get("x-priority")
+                if priority is not None and (
+                    not isinstance(priority, int) or isinstance(priority, bool)
+                ):
+                    raise Refusal(
+                        406,
+                        f"PRECONDITION_FAILED - invalid arg 'x-priority' for queue "
+                        f"'{consumer.queue}' in vhost '/': \"expected integer, got "
+                        f'{amqp_type(priority)}"',
+                    )
                 if target.exclusive_consumer() or (consumer.exclusive and target.has_consumers):
                     raise Refusal(
                         403,

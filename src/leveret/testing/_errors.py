@@ -23,6 +23,8 @@ class Refusal(Exception):
     """The broker says no: ``code`` and RabbitMQ's ``text`` for it."""
 
     def __init__(self, code: int, text: str) -> None:
+        # The reply text is an AMQP short string: RabbitMQ cuts it at 255 bytes.
+        text = text.encode()[:255].decode(errors="ignore")
         super().__init__(code, text)
         self.code = code
         self.text = text
