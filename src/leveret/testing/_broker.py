@@ -378,21 +378,26 @@ class MemoryBroker(Exchanges):
             raise ConfigurationError(f"advance({seconds}) would move time back")
         clock = self.clock
         target = clock.now() + seconds
-        while True:
-            due = [(queue.next_due(), queue) for queue in list(self._queues.values())]
-            pending = [(when, queue) for when, queue in due if when is not None]
-            if not pending:
-                break
-            when, queue = min(pending, key=lambda item: item[0])
-            if when > target:
-                break
-            clock.advance(max(0.0, when - clock.now()))
-            queue.run_due()
+        try:
+            while True:
+                due = [(queue.next_due(), queue) for queue in list(self._queues.values())]
+                pending = [(when, queue) for when, queue in due if when is not None]
+                if not pending:
+                    break
+                when, queue = min(pending, key=lambda item: item[0])
+                if when > target:
+                    break
+                clock.hold(when)
+                queue.run_due()
+                self._dispatch_pending()
+            clock.hold(target)
+            for queue in list(self._queues.values()):
+                queue.run_due()
             self._dispatch_pending()
-        clock.advance(max(0.0, target - clock.now()))
+        finally:
+            clock.release()
         for queue in list(self._queues.values()):
-            queue.run_due()
-        self._dispatch_pending()
+            queue.rearm()  # the loop time of what is due next has moved
         self._changed()
 
     def _dispatch_pending(self) -> None:

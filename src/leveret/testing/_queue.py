@@ -385,6 +385,13 @@ class MemoryQueue:
         self._timer = None if at is None else self._clock.call_at(at, self._on_timer)
         self._timer_at = None if self._timer is None else at
 
+    def rearm(self) -> None:
+        """Broker time jumped: arm the timer anew for what is due next."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        self._arm_timer()
+
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         self.run_due()
