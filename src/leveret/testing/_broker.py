@@ -302,6 +302,7 @@ class MemoryBroker(Exchanges):
         body: bytes,
         encoded: bytes,
         ttl: int | None,
+        priority: int | None,
     ) -> tuple[list[MemoryQueue], Callable[[], bool]]:
         """Route a message now; returns the queues it goes to, and the function that
         puts it there (which returns whether any queue refused it). A transaction
@@ -316,7 +317,7 @@ class MemoryBroker(Exchanges):
         def enqueue() -> bool:
             refused = False
             for queue in targets:
-                if not queue.enqueue(body, encoded, exchange, routing_key, ttl):
+                if not queue.enqueue(body, encoded, exchange, routing_key, ttl, priority):
                     refused = True
             self._changed()
             return refused
@@ -350,7 +351,9 @@ class MemoryBroker(Exchanges):
         for target in targets:
             if is_dead_letter_cycle(target.name, deaths, reason):
                 continue
-            target.enqueue(message.body, encoded, exchange_name, routing_key, None)
+            target.enqueue(
+                message.body, encoded, exchange_name, routing_key, None, properties.priority
+            )
 
     # -- time -------------------------------------------------------------------------
 
