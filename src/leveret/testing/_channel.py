@@ -125,7 +125,8 @@ class MemoryChannel(ChannelCore, Declarations):
         self, prefetch_count: int, *, prefetch_size: int = 0, global_: bool = False
     ) -> None:
         """Limit unacked deliveries: per consumer started afterwards, or (``global_``)
-        shared by the whole channel.
+        shared by the whole channel. As on RabbitMQ 3.10, a per-consumer limit set
+        after a global one lifts the global one.
 
         Raises:
             NotImplementedByBrokerError: ``prefetch_size`` is not 0; RabbitMQ closes the
@@ -146,6 +147,9 @@ class MemoryChannel(ChannelCore, Declarations):
                 self._wake_consumers()
             else:
                 self._prefetch = prefetch_count
+                if self._global_prefetch:
+                    self._global_prefetch = 0
+                    self._wake_consumers()
 
         await self._request("basic.qos", apply)
 

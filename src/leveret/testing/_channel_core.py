@@ -189,6 +189,7 @@ class ChannelCore(Consuming, AsyncClosing):
         def start() -> None:
             if prefetch_count is not None:  # basic.qos then basic.consume, nothing between
                 self._prefetch = prefetch_count
+                self._global_prefetch = 0  # a per-consumer qos lifts it (RabbitMQ 3.10)
             if consumer.queue == REPLY_TO:
                 if not consumer.no_ack:
                     raise Refusal(406, "PRECONDITION_FAILED - reply consumer cannot acknowledge")
