@@ -4,9 +4,15 @@ import asyncio
 
 import pytest
 
-from leveret.amqp import Delivery
-from leveret.exceptions import AccessRefusedError, DeliveryError, NotFoundError
+from leveret.amqp import Delivery, Properties
+from leveret.exceptions import (
+    AccessRefusedError,
+    ChannelClosedError,
+    DeliveryError,
+    NotFoundError,
+)
 from leveret.testing import MemoryBroker, MemoryChannel, MemoryConnection
+from tests.support.waiting import wait_until
 from tests.testing.conftest import Collector, publish_all
 
 
@@ -229,3 +235,21 @@ async def test_a_callback_that_raises_is_logged_and_its_delivery_stays_unacked(
     await asyncio.wait_for(delivered.wait(), 2)
     assert "callback failed" in caplog.text and "bug in the consumer" in caplog.text
     assert leveret_broker.queues["q"].unacked_count == 1
+
+
+async def test_a_forged_delivery_tag_closes_the_channel_as_rabbitmq_closes_it(
+    leveret_channel: MemoryChannel,
+) -> None:
+    await leveret_channel.queue_declare("q")
+    await leveret_channel.publish(b"x", routing_key="q")
+    real = await leveret_channel.get("q")
+    assert real is not None
+    forged = Delivery(
+        real._settler, b"x", Properties(), real.delivery_tag + 100, "", "q", False, None, False
+    )
+    forged.ack()
+    await wait_until(lambda: leveret_channel.is_closed, 2, "the channel to close")
+    with pytest.raises(
+        ChannelClosedError, match="406 PRECONDITION_FAILED - unknown delivery tag 101"
+    ):
+        await leveret_channel.queue_declare("q", passive=True)
