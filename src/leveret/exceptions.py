@@ -25,6 +25,7 @@
     │   ├── ConsumerCancelledError    the broker cancelled a consumer
     │   ├── DeliveryError             ack/nack/reject that cannot be sent
     │   └── ProtocolError             the peer broke AMQP 0-9-1 framing
+    │       └── UnexpectedConfirmError  a confirm for a publish never sent or confirmed
     └── PatternError                  Master/Worker and RPC (see leveret.patterns)
         ├── SerializationError        a payload that does not encode or decode
         ├── UnroutableError           no queue takes that task or method name
@@ -95,7 +96,16 @@ class ChannelClosedError(AMQPError):
 
 
 class ProtocolError(AMQPError):
-    """The peer sent bytes that are not valid AMQP 0-9-1."""
+    """The peer sent bytes that are not valid AMQP 0-9-1.
+
+    The connection is closed over it (a robust one reconnects); what was in flight
+    on it fails with this error as its cause.
+    """
+
+
+class UnexpectedConfirmError(ProtocolError):
+    """The broker sent a ``basic.ack`` or ``basic.nack`` for a publish the channel
+    never sent, or one it had confirmed already."""
 
 
 class BrokerError(AMQPError):

@@ -120,7 +120,8 @@ def test_properties_round_trip_all_fields() -> None:
         app_id="leveret",
     )
     data = message_frames(b"", 1, props.encode(), b"body", 131072)
-    size, decoded = decode_content_header(data, 7)
+    length = int.from_bytes(data[3:7], "big")
+    size, decoded = decode_content_header(data[7 : 7 + length])
     assert size == 4
     assert decoded == props
     assert decoded.expiration == "1500"

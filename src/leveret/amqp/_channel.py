@@ -213,6 +213,8 @@ class Channel(Declarations, Consuming, AsyncClosing):
             raise ChannelClosedError(f"channel {self.number}: the connection is not open")
         future: asyncio.Future[Method] = self._loop.create_future()
         self._waiters.append((replies, future))
+        if self._acks.pending:  # an ack is never overtaken (see _acks)
+            self._acks.flush()
         protocol.write(encode_method_frame(self.number, name, **args))
         return await future
 
@@ -254,6 +256,8 @@ class Channel(Declarations, Consuming, AsyncClosing):
     def _write(self, frame: bytes) -> None:
         protocol = self._connection._protocol
         if protocol is not None:
+            if self._acks.pending:
+                self._acks.flush()
             protocol.write(frame)
 
     # -- publishing ------------------------------------------------------------------
@@ -335,10 +339,12 @@ class Channel(Declarations, Consuming, AsyncClosing):
         protocol = connection._protocol
         assert protocol is not None
         frames = message_frames(method, self.number, props, body, connection.frame_max)
+        if self._acks.pending:  # an ack is never overtaken (see _acks)
+            self._acks.flush()
         confirms = self._confirms
         if not (self.publisher_confirms and confirm):
             if self.publisher_confirms:
-                confirms.next_seq += 1  # the broker counts it; its confirm is ignored
+                confirms.expect(None, None, body)  # the broker counts it and confirms it
             protocol.write(frames)
             return
         future: asyncio.Future[None] = self._loop.create_future()

@@ -337,11 +337,18 @@ class Connection(AsyncClosing):
     # -- losing and closing -------------------------------------------------------------
 
     def _heartbeat_missed(self) -> None:
-        error = HeartbeatTimeoutError(
-            f"no data from {self.params.safe_url(self.address)} for "
-            f"{2 * self.heartbeat} s (heartbeat {self.heartbeat} s): "
-            "the broker or the network is gone"
-        )
+        url = self.params.safe_url(self.address)
+        silence = f"{2 * self.heartbeat} s (heartbeat {self.heartbeat} s)"
+        incomplete = self._protocol.incomplete if self._protocol is not None else 0
+        if incomplete:
+            error = HeartbeatTimeoutError(
+                f"no complete frame from {url} for {silence}: {incomplete} bytes of a frame "
+                "wait for the rest (a corrupt frame length, or the broker or network is gone)"
+            )
+        else:
+            error = HeartbeatTimeoutError(
+                f"no data from {url} for {silence}: the broker or the network is gone"
+            )
         log.error("%s", error)
         self._lose(error, abort=True)
 

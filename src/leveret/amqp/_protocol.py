@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable
 from typing import Protocol
 
@@ -32,6 +33,12 @@ _unpack_frame_header = FRAME_HEADER_STRUCT.unpack_from
 HEARTBEAT_FRAME = FRAME_HEADER_STRUCT.pack(FRAME_HEARTBEAT, 0, 0) + FRAME_END
 #: Ticks are half an interval apart: four silent ticks are two intervals of silence.
 _MISSED_HEARTBEAT_TICKS = 4
+
+
+def _stray_frame(kind: int, channel: int) -> str:
+    if kind == FRAME_HEARTBEAT:
+        return f"heartbeat frame on channel {channel} (heartbeats belong to channel 0)"
+    return f"frame of type {kind} on channel {channel}, which is not open"
 
 
 class FrameHandler(Protocol):
@@ -74,7 +81,7 @@ class FrameProtocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()
         self.frame_max = 0  # 0: not negotiated yet, no limit enforced
         self.write_paused = False
-        #: Set by every read/flush; cleared by each heartbeat tick.
+        #: Set by every complete frame read and every flush; cleared by each heartbeat tick.
         self._received = False
         self._sent = False
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -83,6 +90,8 @@ class FrameProtocol(asyncio.Protocol):
         self._before_flush: list[Callable[[], None]] = []
         self._flush_scheduled = False
         self._closed = False
+        #: Set by the first framing error: nothing more is parsed on this socket.
+        self._broken = False
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -108,7 +117,8 @@ class FrameProtocol(asyncio.Protocol):
         self.events.write_flow_changed(self)
 
     def data_received(self, data: bytes) -> None:
-        self._received = True
+        if self._broken:
+            return  # the connection is closing over an earlier frame
         buf = self._pending + data if self._pending else data
         size = len(buf)
         pos = 0
@@ -125,25 +135,42 @@ class FrameProtocol(asyncio.Protocol):
                 if buf[end] != FRAME_END_OCTET:
                     raise ProtocolError(f"frame on channel {channel} has no frame-end octet")
                 handler = handlers.get(channel)
-                if handler is not None:
-                    if kind == FRAME_METHOD:
-                        handler.on_method(buf, pos + 7, end)
-                    elif kind == FRAME_BODY:
-                        handler.on_body(buf[pos + 7 : end])
-                    elif kind == FRAME_HEADER:
-                        handler.on_header(buf, pos + 7, end)
-                    elif kind != FRAME_HEARTBEAT:
-                        raise ProtocolError(f"unknown frame type {kind}")
+                if handler is None or (channel and kind == FRAME_HEARTBEAT):
+                    raise ProtocolError(_stray_frame(kind, channel))
+                if kind == FRAME_METHOD:
+                    handler.on_method(buf, pos + 7, end)
+                elif kind == FRAME_BODY:
+                    handler.on_body(buf[pos + 7 : end])
+                elif kind == FRAME_HEADER:
+                    handler.on_header(buf, pos + 7, end)
+                elif kind != FRAME_HEARTBEAT:
+                    raise ProtocolError(f"unknown frame type {kind}")
                 pos = end + 1
         except ProtocolError as exc:
-            self._pending = b""
+            self._failed(exc)
+            return
+        except (IndexError, ValueError, struct.error) as exc:
+            # A decoder read past what the peer sent: one error path for every malformed frame.
+            self._failed(ProtocolError(f"malformed frame: {exc}"))
+            return
+        if pos:
+            # Only a complete frame is proof of life: a partial one may never complete.
+            self._received = True
+            self._pending = buf[pos:] if pos < size else b""
+        else:
+            self._pending = buf
+
+    @property
+    def incomplete(self) -> int:
+        """Bytes of a frame received in part and waiting for the rest (0: none)."""
+        return len(self._pending)
+
+    def _failed(self, exc: ProtocolError) -> None:
+        """Stop parsing for good and tell the connection (once)."""
+        self._pending = b""
+        if not self._broken:
+            self._broken = True
             self.events.frame_error(self, exc)
-            return
-        except (IndexError, ValueError) as exc:
-            self._pending = b""
-            self.events.frame_error(self, ProtocolError(f"malformed frame: {exc!r}"))
-            return
-        self._pending = buf[pos:] if pos < size else b""
 
     # -- writing ------------------------------------------------------------------
 
