@@ -93,7 +93,12 @@ class ChannelFrames:
         (method_id,) = _method_id(buf, start)
         if method_id == BASIC_DELIVER:
             self._kind = _DELIVER
-            self._meta = decode_deliver(buf, start + 4, end)
+            try:
+                self._meta = decode_deliver(buf, start + 4, end)
+            except (IndexError, ValueError, struct.error) as exc:
+                raise ProtocolError(
+                    f"malformed basic.deliver on channel {self._number}: {exc}"
+                ) from None
         elif method_id in (BASIC_ACK, BASIC_NACK):
             if end - start != _CONFIRM_SIZE:
                 raise ProtocolError(f"confirm of {end - start} bytes on channel {self._number}")
@@ -115,7 +120,12 @@ class ChannelFrames:
             raise ProtocolError(f"content header on channel {self._number} without a method")
         # A slice: a truncated property list then fails to decode instead of reading on
         # into the next frame (the data_received caller maps the error).
-        size, props = decode_content_header(buf[start:end])
+        try:
+            size, props = decode_content_header(buf[start:end])
+        except (IndexError, ValueError, struct.error) as exc:
+            raise ProtocolError(
+                f"malformed content header on channel {self._number}: {exc}"
+            ) from None
         if size == 0:
             self._complete(props, b"")
         else:
