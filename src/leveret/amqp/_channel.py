@@ -25,13 +25,15 @@ from ..exceptions import (
     AMQPError,
     ChannelClosedError,
     ConfigurationError,
+    MessageTooLargeError,
     ProtocolError,
+    PublishNotConfirmedError,
     broker_error,
 )
 from ._acks import AckWindow
 from ._closing import AsyncClosing
 from ._codec import Method, encode_method_frame, method_name
-from ._confirms import ConfirmWindow, ReturnCallback, dispatch_return
+from ._confirms import ConfirmWindow, ReturnCallback, dispatch_return, refused_as_too_large
 from ._consumer import Consumer, Consuming, broker_cancelled, notify_cancel
 from ._content import ChannelFrames
 from ._declare import Declarations
@@ -299,6 +301,9 @@ class Channel(Declarations, Consuming, AsyncClosing):
             MessageReturnedError: ``mandatory`` and no queue took it (attached).
             PublishNotConfirmedError: the channel closed before the confirm.
             ChannelClosedError: the channel is closed (or did not reopen in time).
+            MessageTooLargeError: the body is over ``max_message_size`` (the
+                connection's option: nothing was sent; or the broker's: it closed
+                the channel over it). Final: the same body is refused every time.
             ConfigurationError: a property is invalid, or the properties do not
                 fit in one frame; nothing was sent.
         """
@@ -311,6 +316,8 @@ class Channel(Declarations, Consuming, AsyncClosing):
                 await self._ensure_open()
         if body.__class__ is not bytes:  # the exact type is the fast path
             body = _as_bytes(body)
+        if len(body) > connection.max_message_size:
+            raise MessageTooLargeError(len(body), connection.max_message_size)
         if properties is None:
             props = encode_properties(
                 content_type,
@@ -350,7 +357,13 @@ class Channel(Declarations, Consuming, AsyncClosing):
         future: asyncio.Future[None] = self._loop.create_future()
         confirms.expect(future, key if mandatory else None, body)
         protocol.write(frames)
-        await future
+        try:
+            await future
+        except PublishNotConfirmedError as exc:
+            refused = refused_as_too_large(exc, len(body))
+            if refused is None:
+                raise
+            raise refused from exc.__cause__
 
     def _on_return(self, message: ReturnedMessage) -> None:
         """A ``basic.return``: to the publish awaiting it, else to the return callbacks."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from ..exceptions import (
     MessageReturnedError,
+    MessageTooLargeError,
+    PreconditionFailedError,
     PublishNackedError,
     PublishNotConfirmedError,
     UnexpectedConfirmError,
@@ -58,6 +61,21 @@ def publish_not_confirmed(channel: int, reason: BaseException) -> PublishNotConf
     )
     error.__cause__ = reason
     return error
+
+
+#: RabbitMQ's words when it closes a channel over a body past max_message_size.
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than (?:configured )?max size (\d+)")
+
+
+def refused_as_too_large(error: PublishNotConfirmedError, size: int) -> MessageTooLargeError | None:
+    """The final refusal a publish of ``size`` bytes met, if its channel was closed
+    because a body (this one, or another as large) was over the broker's limit."""
+    reason = error.__cause__
+    if isinstance(reason, PreconditionFailedError):
+        found = _TOO_LARGE.search(reason.reply_text)
+        if found is not None and size > int(found.group(2)):
+            return MessageTooLargeError(size, int(found.group(2)), by_broker=reason.reply_text)
+    return None
 
 
 def dispatch_return(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypedDict
 
 from ..exceptions import ConfigurationError, ProtocolError
@@ -346,9 +346,11 @@ def publish_method_frame(channel: int, exchange: str, routing_key: str, mandator
 
 def message_frames(
     method: bytes, channel: int, properties: bytes, body: bytes, frame_max: int
-) -> bytes:
+) -> bytes | Iterator[bytes]:
     """The publish method frame, content header and body frames (split to fit
-    ``frame_max``), joined for one write.
+    ``frame_max``): joined for one write, or, for a body of more than one frame,
+    made one frame at a time from views of the body as the socket takes them
+    (the body is never copied whole).
 
     Raises:
         ConfigurationError: the properties do not fit in one frame (the content
@@ -375,14 +377,15 @@ def message_frames(
                 FRAME_END,
             )
         )
-    parts: list[bytes | memoryview] = [method, header, properties, FRAME_END]
+    return _frames_of(b"".join((method, header, properties, FRAME_END)), channel, body, chunk)
+
+
+def _frames_of(first: bytes, channel: int, body: bytes, chunk: int) -> Iterator[bytes]:
+    yield first
     view = memoryview(body)
     for start in range(0, len(body), chunk):
         piece = view[start : start + chunk]
-        parts.append(_body_frame_header.pack(FRAME_BODY, channel, len(piece)))
-        parts.append(piece)
-        parts.append(FRAME_END)
-    return b"".join(parts)
+        yield b"".join((_body_frame_header.pack(FRAME_BODY, channel, len(piece)), piece, FRAME_END))
 
 
 def ack_frame(channel: int, delivery_tag: int, multiple: bool) -> bytes:

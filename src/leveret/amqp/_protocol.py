@@ -5,7 +5,9 @@ hands it straight to the handler registered for its channel (channel 0 is the
 connection). Nothing here creates a task or a future per frame. Every frame
 leaves through :meth:`FrameProtocol.write`: writes are collected and flushed
 once per event-loop iteration, so a burst of publishes or acks costs one
-``send`` call.
+``send`` call. The frames of a body larger than one frame are made one at a time
+as the socket drains (the body is never copied whole into a send buffer), and
+what is written after them waits its turn.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ..exceptions import ProtocolError
@@ -87,6 +90,9 @@ class FrameProtocol(asyncio.Protocol):
         self._heartbeat: asyncio.TimerHandle | None = None
         self._pending = b""
         self._out: list[bytes] = []
+        #: While frames of a large body go out: everything to write, in order (the
+        #: frames being made, and the bytes written after them).
+        self._backlog: deque[bytes | Iterator[bytes]] = deque()
         self._before_flush: list[Callable[[], None]] = []
         self._flush_scheduled = False
         self._closed = False
@@ -103,6 +109,7 @@ class FrameProtocol(asyncio.Protocol):
         self._closed = True
         self._stop_heartbeat()
         self._out.clear()
+        self._backlog.clear()
         self._before_flush.clear()
         self.events.transport_lost(self, exc)
         if not self.lost.done():
@@ -114,6 +121,9 @@ class FrameProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._backlog and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
         self.events.write_flow_changed(self)
 
     def data_received(self, data: bytes) -> None:
@@ -174,15 +184,23 @@ class FrameProtocol(asyncio.Protocol):
 
     # -- writing ------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        """Queue bytes; they go out in one send at the end of this loop turn.
+    def write(self, data: bytes | Iterator[bytes]) -> None:
+        """Queue bytes; they go out in one send at the end of this loop turn. An
+        iterator of frames (a large body's) goes out as the socket takes it, and
+        what is written after it waits behind it.
 
         Once the socket is gone this does nothing: whatever waits for an answer
         is failed by the connection instead.
         """
         if self._closed:
             return
-        self._out.append(data)
+        if isinstance(data, bytes):
+            self._out.append(data)
+        else:
+            if self._out:
+                self._backlog.append(b"".join(self._out))
+                self._out.clear()
+            self._backlog.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -204,6 +222,9 @@ class FrameProtocol(asyncio.Protocol):
                 except Exception:
                     log.exception("pre-flush callback %r failed", callback)
         self._flush_scheduled = False
+        if self._backlog:
+            self._write_backlog(all_of_it=False)
+            return
         if not self._out or self.transport is None or self._closed:
             self._out.clear()
             return
@@ -212,11 +233,38 @@ class FrameProtocol(asyncio.Protocol):
         self._sent = True
         self.transport.write(data)
 
+    def _write_backlog(self, *, all_of_it: bool) -> None:
+        """Hand the backlog to the socket in order until its buffer is full (or,
+        ``all_of_it``, to the end); the rest goes when it drains (resume_writing)."""
+        backlog = self._backlog
+        transport = self.transport
+        if transport is None or self._closed:
+            backlog.clear()
+            self._out.clear()
+            return
+        if self._out:
+            backlog.append(b"".join(self._out))
+            self._out.clear()
+        self._sent = True
+        while backlog and (all_of_it or not self.write_paused):
+            item = backlog[0]
+            if isinstance(item, bytes):
+                backlog.popleft()
+                transport.write(item)
+            else:
+                frame = next(item, None)
+                if frame is None:
+                    backlog.popleft()
+                else:
+                    transport.write(frame)
+
     def close(self) -> None:
         """Flush what is queued, then close the socket gracefully."""
         self._stop_heartbeat()
         if self.transport is not None and not self._closed:
             self.flush()
+            if self._backlog:
+                self._write_backlog(all_of_it=True)
             self.transport.close()
 
     def abort(self) -> None:
