@@ -72,7 +72,8 @@ def main() -> None:
     row["label"] = args.label
     print("  ".join(f"{key}={value}" for key, value in row.items()))
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"large-body-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    label = f"-{args.label}" if args.label else ""
+    path = RESULTS / f"large-body-{time.strftime('%Y%m%d-%H%M%S')}{label}.json"
     path.write_text(json.dumps(row, indent=2) + "\n")
     print(f"written: {path}")
 
