@@ -21,10 +21,12 @@
     │   ├── PublishError              a publish the broker did not take
     │   │   ├── PublishNackedError
     │   │   ├── MessageReturnedError  unroutable mandatory message (attached)
+    │   │   ├── MessageTooLargeError  a body over the broker's max_message_size
     │   │   └── PublishNotConfirmedError
     │   ├── ConsumerCancelledError    the broker cancelled a consumer
     │   ├── DeliveryError             ack/nack/reject that cannot be sent
     │   └── ProtocolError             the peer broke AMQP 0-9-1 framing
+    │       └── UnexpectedConfirmError  a confirm for a publish never sent or confirmed
     └── PatternError                  Master/Worker and RPC (see leveret.patterns)
         ├── SerializationError        a payload that does not encode or decode
         ├── UnroutableError           no queue takes that task or method name
@@ -97,7 +99,16 @@ class ChannelClosedError(AMQPError):
 
 
 class ProtocolError(AMQPError):
-    """The peer sent bytes that are not valid AMQP 0-9-1."""
+    """The peer sent bytes that are not valid AMQP 0-9-1.
+
+    The connection is closed over it (a robust one reconnects); what was in flight
+    on it fails with this error as its cause.
+    """
+
+
+class UnexpectedConfirmError(ProtocolError):
+    """The broker sent a ``basic.ack`` or ``basic.nack`` for a publish the channel
+    never sent, or one it had confirmed already."""
 
 
 class BrokerError(AMQPError):
@@ -292,6 +303,38 @@ class MessageReturnedError(PublishError):
         super().__init__(
             f"message to exchange {message.exchange!r} with routing key "
             f"{message.routing_key!r} was returned: {message.reply_code} {message.reply_text}"
+        )
+
+
+class MessageTooLargeError(PublishError):
+    """A body larger than the broker's ``max_message_size``: refused before it was
+    sent (the connection's ``max_message_size`` option), or by the broker, which
+    closed the channel over it. Either way the refusal is final: the same body is
+    refused every time.
+
+    Attributes:
+        size: the body's size in bytes.
+        limit: the limit in bytes it is over.
+    """
+
+    def __init__(self, size: int, limit: int, *, by_broker: str | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        if by_broker is None:
+            what = (
+                f"message body of {size} bytes is over max_message_size ({limit} bytes); "
+                "nothing was sent"
+            )
+        else:
+            what = (
+                f"the broker refused a message body of {size} bytes, over its "
+                f"max_message_size of {limit} bytes ({by_broker}); it closed the channel "
+                "and nothing was routed"
+            )
+        super().__init__(
+            f"{what}. The refusal is final: send a smaller body (or a reference to it), "
+            "or raise max_message_size in rabbitmq.conf and the connection's "
+            "max_message_size option"
         )
 
 

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from leveret.amqp import Channel, Connection, Delivery, connect
-from leveret.exceptions import ConsumerCancelledError, DeliveryError
+from leveret.exceptions import AMQPError, ConsumerCancelledError, DeliveryError
 from tests.support.waiting import wait_until
 
 
@@ -231,3 +231,38 @@ async def test_a_failing_sync_callback_does_not_stop_the_consumer(
     await wait_until(lambda: len(ok) == 2, 5, "the deliveries after the failing one")
     assert ok == [b"0", b"2"]
     assert "user bug" in caplog.text
+
+
+@pytest.mark.parametrize("then", ["publish", "declare"])
+async def test_an_ack_leaves_before_a_later_frame_the_broker_closes_the_channel_over(
+    connection: Connection, channel: Channel, queue: str, unique: str, then: str
+) -> None:
+    consuming = await connection.channel()
+    seen: list[bytes] = []
+    refused: list[BaseException] = []
+
+    async def on_delivery(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+        delivery.ack()
+        # In the same loop turn: a frame the broker closes the channel over (404).
+        try:
+            if then == "publish":
+                await consuming.publish(b"", exchange=f"{unique}-missing", routing_key="k")
+            else:
+                await consuming.exchange_declare(f"{unique}-missing", passive=True)
+        except AMQPError as exc:
+            refused.append(exc)
+
+    await consuming.consume(queue, on_delivery)
+    await channel.publish(b"once", routing_key=queue)
+    await wait_until(lambda: refused, 10, "the broker's refusal")
+    await wait_until(lambda: consuming.is_closed, 10, "the refused channel closed")
+
+    async def consumer_gone() -> bool:  # the broker requeued what the channel held
+        return (await channel.queue_declare(queue, passive=True)).consumer_count == 0
+
+    await wait_until(consumer_gone, 10, "the closed channel's consumer gone")
+    assert seen == [b"once"]
+    assert (await channel.queue_declare(queue, passive=True)).message_count == 0, (
+        "the ack was overtaken and lost: the message is back in the queue"
+    )

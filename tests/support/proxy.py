@@ -3,7 +3,9 @@
 It runs in the test's event loop. ``stall()`` stops forwarding in both
 directions without closing anything (a silent network: no FIN, no RST);
 ``resume()`` forwards again; ``reset()`` aborts every connection (the client
-sees a reset).
+sees a reset). ``inject(data)`` plays a hostile broker: it writes bytes to every
+client between two of the broker's frames (the broker's bytes are forwarded a
+whole frame at a time for that).
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ import asyncio
 import socket
 import struct
 
+_FRAME_HEADER = struct.Struct(">BHI")
+
 
 class _Pipe(asyncio.Protocol):
-    def __init__(self, proxy: TCPProxy) -> None:
+    def __init__(self, proxy: TCPProxy, *, framed: bool = False) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         self.peer: _Pipe | None = None
         self.backlog: list[bytes] = []
+        #: From the broker: forward whole frames only, keep a partial one here.
+        self.framed = framed
+        self.partial = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -27,10 +34,25 @@ class _Pipe(asyncio.Protocol):
             transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.framed:
+            data = self._whole_frames(self.partial + data)
+            if not data:
+                return
         if self.peer is None or self.peer.transport is None:
             self.backlog.append(data)
         else:
             self.peer.transport.write(data)
+
+    def _whole_frames(self, data: bytes) -> bytes:
+        """The complete frames at the start of ``data``; the rest waits in ``partial``."""
+        end = 0
+        while len(data) - end >= 8:
+            _, _, size = _FRAME_HEADER.unpack_from(data, end)
+            if len(data) < end + 8 + size:
+                break
+            end += 8 + size
+        self.partial = data[end:]
+        return data[:end]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.proxy.pipes.discard(self)
@@ -71,7 +93,7 @@ class TCPProxy:
 
     async def _connect_upstream(self, client: _Pipe) -> None:
         loop = asyncio.get_running_loop()
-        upstream = _Pipe(self)
+        upstream = _Pipe(self, framed=True)
         try:
             await loop.create_connection(lambda: upstream, *self.target)
         except OSError:
@@ -85,6 +107,17 @@ class TCPProxy:
         for data in client.backlog:
             upstream.transport.write(data)
         client.backlog.clear()
+
+    def inject(self, data: bytes) -> int:
+        """Write ``data`` to every client as if the broker sent it, between two of the
+        broker's frames; returns how many clients got it."""
+        clients = 0
+        for pipe in list(self.pipes):
+            client = pipe.peer
+            if pipe.framed and client is not None and client.transport is not None:
+                client.transport.write(data)
+                clients += 1
+        return clients
 
     def stall(self) -> None:
         """Stop forwarding both ways; the sockets stay open and silent."""

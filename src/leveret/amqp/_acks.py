@@ -4,7 +4,11 @@ Acks are not written one by one: :meth:`AckWindow.settle` queues them, and just
 before the protocol's next flush :meth:`AckWindow.flush` writes one ``multiple``
 ack for the longest prefix of deliveries that are all settled (a ``multiple``
 ack over a delivery nobody settled would acknowledge it behind its owner's back),
-then single acks for the rest. Nacks and rejects go out at once.
+then single acks for the rest. Nacks and rejects go out at once, after the acks
+pending before them; the channel flushes pending acks before it writes any other
+frame too (a publish, a declare, a cancel, a close): frames of a channel leave in
+the order their causes happened, so an ack is never overtaken by a frame the broker
+closes the channel over (which would lose the ack and redeliver the message).
 
 A window lives as long as one broker-side life of its channel: when the channel
 closes or reopens, deliveries of the old life find their window closed (the
@@ -34,11 +38,11 @@ class AckWindow:
     __slots__ = (
         "_flush_scheduled",
         "_number",
-        "_pending",
         "_protocol",
         "_settled",
         "channel",
         "open",
+        "pending",
         "unsettled",
     )
 
@@ -51,17 +55,20 @@ class AckWindow:
         #: Delivery tags in arrival order that the broker still holds for us.
         self.unsettled: deque[int] = deque()
         self._settled: dict[int, str] = {}
-        self._pending: list[int] = []
+        #: Delivery tags acked by their owner whose ack is not written yet.
+        self.pending: list[int] = []
         self._flush_scheduled = False
 
     def settle(self, delivery_tag: int, kind: SettleKind, requeue: bool) -> None:
         if kind == "ack":
             self._settled[delivery_tag] = _ACK_PENDING
-            self._pending.append(delivery_tag)
+            self.pending.append(delivery_tag)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self._protocol.before_flush(self.flush)
             return
+        if self.pending:
+            self.flush()
         self._settled[delivery_tag] = _SETTLED
         if kind == "nack":
             self._protocol.write(nack_frame(self._number, delivery_tag, False, requeue))
@@ -70,6 +77,8 @@ class AckWindow:
 
     def requeue(self, delivery_tag: int) -> None:
         """Give a delivery back at once (it arrived for a consumer its owner cancelled)."""
+        if self.pending:
+            self.flush()
         self.unsettled.append(delivery_tag)
         self._settled[delivery_tag] = _SETTLED
         self._protocol.write(nack_frame(self._number, delivery_tag, False, True))
@@ -81,7 +90,7 @@ class AckWindow:
         requeued those deliveries already.
         """
         self._flush_scheduled = False
-        pending = self._pending
+        pending = self.pending
         if not pending:
             return
         if not self.open:

@@ -25,13 +25,15 @@ from ..exceptions import (
     AMQPError,
     ChannelClosedError,
     ConfigurationError,
+    MessageTooLargeError,
     ProtocolError,
+    PublishNotConfirmedError,
     broker_error,
 )
 from ._acks import AckWindow
 from ._closing import AsyncClosing
 from ._codec import Method, encode_method_frame, method_name
-from ._confirms import ConfirmWindow, ReturnCallback, dispatch_return
+from ._confirms import ConfirmWindow, ReturnCallback, dispatch_return, refused_as_too_large
 from ._consumer import Consumer, Consuming, broker_cancelled, notify_cancel
 from ._content import ChannelFrames
 from ._declare import Declarations
@@ -234,6 +236,8 @@ class Channel(Declarations, Consuming, AsyncClosing):
             raise ChannelClosedError(f"channel {self.number}: the connection is not open")
         future: asyncio.Future[Method] = self._loop.create_future()
         self._waiters.append((replies, future))
+        if self._acks.pending:  # an ack is never overtaken (see _acks)
+            self._acks.flush()
         protocol.write(encode_method_frame(self.number, name, **args))
         return await future
 
@@ -275,6 +279,8 @@ class Channel(Declarations, Consuming, AsyncClosing):
     def _write(self, frame: bytes) -> None:
         protocol = self._connection._protocol
         if protocol is not None:
+            if self._acks.pending:
+                self._acks.flush()
             protocol.write(frame)
 
     # -- publishing ------------------------------------------------------------------
@@ -316,6 +322,9 @@ class Channel(Declarations, Consuming, AsyncClosing):
             MessageReturnedError: ``mandatory`` and no queue took it (attached).
             PublishNotConfirmedError: the channel closed before the confirm.
             ChannelClosedError: the channel is closed (or did not reopen in time).
+            MessageTooLargeError: the body is over ``max_message_size`` (the
+                connection's option: nothing was sent; or the broker's: it closed
+                the channel over it). Final: the same body is refused every time.
             ConfigurationError: a property is invalid, or the properties do not
                 fit in one frame; nothing was sent.
         """
@@ -328,6 +337,8 @@ class Channel(Declarations, Consuming, AsyncClosing):
                 await self._ensure_open()
         if body.__class__ is not bytes:  # the exact type is the fast path
             body = _as_bytes(body)
+        if len(body) > connection.max_message_size:
+            raise MessageTooLargeError(len(body), connection.max_message_size)
         if properties is None:
             props = encode_properties(
                 content_type,
@@ -356,16 +367,24 @@ class Channel(Declarations, Consuming, AsyncClosing):
         protocol = connection._protocol
         assert protocol is not None
         frames = message_frames(method, self.number, props, body, connection.frame_max)
+        if self._acks.pending:  # an ack is never overtaken (see _acks)
+            self._acks.flush()
         confirms = self._confirms
         if not (self.publisher_confirms and confirm):
             if self.publisher_confirms:
-                confirms.next_seq += 1  # the broker counts it; its confirm is ignored
+                confirms.expect(None, None, body)  # the broker counts it and confirms it
             protocol.write(frames)
             return
         future: asyncio.Future[None] = self._loop.create_future()
         confirms.expect(future, key if mandatory else None, body)
         protocol.write(frames)
-        await future
+        try:
+            await future
+        except PublishNotConfirmedError as exc:
+            refused = refused_as_too_large(exc, len(body))
+            if refused is None:
+                raise
+            raise refused from exc.__cause__
 
     def _on_return(self, message: ReturnedMessage) -> None:
         """A ``basic.return``: to the publish awaiting it, else to the return callbacks."""

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from ..exceptions import MessageReturnedError, PublishNackedError, PublishNotConfirmedError
+from ..exceptions import (
+    MessageReturnedError,
+    MessageTooLargeError,
+    PreconditionFailedError,
+    PublishNackedError,
+    PublishNotConfirmedError,
+    UnexpectedConfirmError,
+)
 from ._message import ReturnedMessage
 from ._tasks import TaskOwner
 
@@ -54,6 +63,21 @@ def publish_not_confirmed(channel: int, reason: BaseException) -> PublishNotConf
     return error
 
 
+#: RabbitMQ's words when it closes a channel over a body past max_message_size.
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than (?:configured )?max size (\d+)")
+
+
+def refused_as_too_large(error: PublishNotConfirmedError, size: int) -> MessageTooLargeError | None:
+    """The final refusal a publish of ``size`` bytes met, if its channel was closed
+    because a body (this one, or another as large) was over the broker's limit."""
+    reason = error.__cause__
+    if isinstance(reason, PreconditionFailedError):
+        found = _TOO_LARGE.search(reason.reply_text)
+        if found is not None and size > int(found.group(2)):
+            return MessageTooLargeError(size, int(found.group(2)), by_broker=reason.reply_text)
+    return None
+
+
 def dispatch_return(
     tasks: TaskOwner,
     callbacks: Iterable[ReturnCallback],
@@ -88,9 +112,9 @@ class ConfirmWindow:
     """
 
     __slots__ = (
-        "_low",
         "_mandatory",
         "_number",
+        "_order",
         "_returnable",
         "_returned",
         "_unconfirmed",
@@ -101,19 +125,24 @@ class ConfirmWindow:
         self._number = number
         #: The next publish's sequence number (the broker counts every publish).
         self.next_seq = 1
-        self._low = 1  # every sequence number below it is confirmed
-        self._unconfirmed: dict[int, asyncio.Future[None]] = {}
+        #: Unconfirmed publishes: their future, or None for one nobody waits for.
+        self._unconfirmed: dict[int, asyncio.Future[None] | None] = {}
+        #: Their sequence numbers in order, from the oldest unconfirmed (a multiple
+        #: confirm walks these, never a range the broker chose).
+        self._order: deque[int] = deque()
         self._mandatory: dict[int, Destination] = {}
         self._returnable: dict[Destination, dict[int, bytes]] = {}
         self._returned: dict[int, ReturnedMessage] = {}
 
     def expect(
-        self, future: asyncio.Future[None], mandatory: Destination | None, body: bytes
+        self, future: asyncio.Future[None] | None, mandatory: Destination | None, body: bytes
     ) -> None:
-        """Register the publish about to be written; ``future`` resolves with its confirm."""
+        """Register the publish about to be written; ``future`` resolves with its
+        confirm (``None``: nobody waits for it, its confirm is only checked)."""
         seq = self.next_seq
         self.next_seq = seq + 1
         self._unconfirmed[seq] = future
+        self._order.append(seq)
         if mandatory is not None:
             self._mandatory[seq] = mandatory
             try:
@@ -125,24 +154,45 @@ class ConfirmWindow:
             pending[seq] = body
 
     def confirmed(self, tag: int, multiple: bool, ack: bool) -> None:
-        """A ``basic.ack`` or ``basic.nack`` of the broker."""
+        """A ``basic.ack`` or ``basic.nack`` of the broker.
+
+        Raises:
+            UnexpectedConfirmError: ``tag`` is beyond the last publish, or (not
+                ``multiple``) that publish was confirmed already.
+        """
         unconfirmed = self._unconfirmed
+        order = self._order
         if multiple:
-            for seq in range(self._low, tag + 1):
+            if not 0 < tag < self.next_seq:
+                raise self._unexpected(tag, multiple, ack)
+            while order and order[0] <= tag:
+                seq = order.popleft()
                 future = unconfirmed.pop(seq, None)
                 if future is not None:
                     self._resolve(seq, future, ack)
-            if tag >= self._low:
-                self._low = tag + 1
             return
-        future = unconfirmed.pop(tag, None)
+        if tag not in unconfirmed:
+            raise self._unexpected(tag, multiple, ack)
+        future = unconfirmed.pop(tag)
         if future is not None:
             self._resolve(tag, future, ack)
-        if tag == self._low:
-            low = tag + 1
-            while low < self.next_seq and low not in unconfirmed:
-                low += 1
-            self._low = low
+        while order and order[0] not in unconfirmed:  # confirmed out of order before
+            order.popleft()
+
+    def _unexpected(self, tag: int, multiple: bool, ack: bool) -> UnexpectedConfirmError:
+        what = f"basic.{'ack' if ack else 'nack'} of delivery tag {tag}"
+        if multiple:
+            what += " (multiple)"
+        last = self.next_seq - 1
+        if 0 < tag <= last:
+            why = "that publish was confirmed already"
+        else:
+            why = f"the last publish on it was number {last}"
+        return UnexpectedConfirmError(
+            f"the broker sent {what} on channel {self._number}, but {why}: the connection "
+            "is closed over it (a robust one reconnects; publishes in flight fail with "
+            "PublishNotConfirmedError)"
+        )
 
     def _resolve(self, seq: int, future: asyncio.Future[None], ack: bool) -> None:
         returned = None
@@ -173,10 +223,11 @@ class ConfirmWindow:
         """The channel closed: every unconfirmed publish fails (it may or may not
         have been routed)."""
         unconfirmed, self._unconfirmed = self._unconfirmed, {}
+        self._order.clear()
         if unconfirmed:
             error = publish_not_confirmed(self._number, reason)
             for future in unconfirmed.values():
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_exception(error)
 
     def _drop_idle_destinations(self) -> None:

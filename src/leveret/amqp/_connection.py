@@ -113,6 +113,7 @@ class Connection(AsyncClosing):
         self.address: tuple[str, int] | None = None
         self.server_properties: dict[str, Any] = {}
         self.frame_max = params.frame_max
+        self.max_message_size = params.max_message_size
         self.channel_max = params.channel_max
         self.heartbeat = 0
         self._tasks = TaskOwner()
@@ -347,11 +348,18 @@ class Connection(AsyncClosing):
     # -- losing and closing -------------------------------------------------------------
 
     def _heartbeat_missed(self) -> None:
-        error = HeartbeatTimeoutError(
-            f"no data from {self.params.safe_url(self.address)} for "
-            f"{2 * self.heartbeat} s (heartbeat {self.heartbeat} s): "
-            "the broker or the network is gone"
-        )
+        url = self.params.safe_url(self.address)
+        silence = f"{2 * self.heartbeat} s (heartbeat {self.heartbeat} s)"
+        incomplete = self._protocol.incomplete if self._protocol is not None else 0
+        if incomplete:
+            error = HeartbeatTimeoutError(
+                f"no complete frame from {url} for {silence}: {incomplete} bytes of a frame "
+                "wait for the rest (a corrupt frame length, or the broker or network is gone)"
+            )
+        else:
+            error = HeartbeatTimeoutError(
+                f"no data from {url} for {silence}: the broker or the network is gone"
+            )
         log.error("%s", error)
         self._lose(error, abort=True)
 
@@ -495,6 +503,7 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     heartbeat: int | None = None,
     frame_max: int | None = None,
+    max_message_size: int | None = None,
     channel_max: int | None = None,
     connection_timeout: float | None = None,
     name: str | None = None,
@@ -504,9 +513,12 @@ async def connect(
 
     ``url`` is ``amqp://`` or ``amqps://`` (or a list of them, or several
     comma-separated hosts: tried in order), with optional query options
-    ``heartbeat``, ``frame_max``, ``channel_max``, ``connection_timeout``, ``name``,
-    ``auth_mechanism`` (``PLAIN`` or ``EXTERNAL``), ``cafile``, ``certfile`` and
-    ``keyfile``; the keyword arguments of the same names override them.
+    ``heartbeat``, ``frame_max``, ``max_message_size``, ``channel_max``,
+    ``connection_timeout``, ``name``, ``auth_mechanism`` (``PLAIN`` or ``EXTERNAL``),
+    ``cafile``, ``certfile`` and ``keyfile``; the keyword arguments of the same names
+    override them. ``max_message_size`` (bytes, default 128 MiB as RabbitMQ's) is the
+    broker's limit on a body, which the handshake does not tell: a publish over it
+    raises :class:`MessageTooLargeError` before sending anything.
     ``client_properties`` are sent to the broker (``connection_name`` shows in
     its management UI). :func:`leveret.connect` takes the same arguments and
     also ``memory://`` URLs (the in-memory broker of :mod:`leveret.testing`).
@@ -521,6 +533,7 @@ async def connect(
         url,
         heartbeat=heartbeat,
         frame_max=frame_max,
+        max_message_size=max_message_size,
         channel_max=channel_max,
         connection_timeout=connection_timeout,
         name=name,

@@ -42,6 +42,8 @@ _RETURN: Final = 2
 _GET: Final = 3
 
 _method_id = struct.Struct(">I").unpack_from
+#: basic.ack and basic.nack: method id, delivery tag, one octet of bits.
+_CONFIRM_SIZE: Final = 13
 
 
 class ChannelFrames:
@@ -84,11 +86,22 @@ class ChannelFrames:
         self._received = 0
 
     def on_method(self, buf: bytes, start: int, end: int) -> None:
+        if end - start < 4:
+            raise ProtocolError(
+                f"method frame of {end - start} bytes on channel {self._number} (4 at least)"
+            )
         (method_id,) = _method_id(buf, start)
         if method_id == BASIC_DELIVER:
             self._kind = _DELIVER
-            self._meta = decode_deliver(buf, start + 4)
+            try:
+                self._meta = decode_deliver(buf, start + 4, end)
+            except (IndexError, ValueError, struct.error) as exc:
+                raise ProtocolError(
+                    f"malformed basic.deliver on channel {self._number}: {exc}"
+                ) from None
         elif method_id in (BASIC_ACK, BASIC_NACK):
+            if end - start != _CONFIRM_SIZE:
+                raise ProtocolError(f"confirm of {end - start} bytes on channel {self._number}")
             tag, bits = decode_tag_and_bits(buf, start + 4)
             self._confirms.confirmed(tag, bool(bits & 1), method_id == BASIC_ACK)
         else:
@@ -105,7 +118,14 @@ class ChannelFrames:
     def on_header(self, buf: bytes, start: int, end: int) -> None:
         if self._kind == _NONE:
             raise ProtocolError(f"content header on channel {self._number} without a method")
-        size, props = decode_content_header(buf, start)
+        # A slice: a truncated property list then fails to decode instead of reading on
+        # into the next frame (the data_received caller maps the error).
+        try:
+            size, props = decode_content_header(buf[start:end])
+        except (IndexError, ValueError, struct.error) as exc:
+            raise ProtocolError(
+                f"malformed content header on channel {self._number}: {exc}"
+            ) from None
         if size == 0:
             self._complete(props, b"")
         else:
@@ -123,6 +143,11 @@ class ChannelFrames:
             self._chunks.append(body)
             self._received = received
             return
+        if received > self._size:
+            raise ProtocolError(
+                f"content body on channel {self._number} is {received} bytes, its header "
+                f"announced {self._size}"
+            )
         if self._chunks:
             self._chunks.append(body)
             body = b"".join(self._chunks)

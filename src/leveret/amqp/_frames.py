@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypedDict
 
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, ProtocolError
 from ._codec import (
     FRAME_BODY,
     FRAME_END,
@@ -346,9 +346,11 @@ def publish_method_frame(channel: int, exchange: str, routing_key: str, mandator
 
 def message_frames(
     method: bytes, channel: int, properties: bytes, body: bytes, frame_max: int
-) -> bytes:
+) -> bytes | Iterator[bytes]:
     """The publish method frame, content header and body frames (split to fit
-    ``frame_max``), joined for one write.
+    ``frame_max``): joined for one write, or, for a body of more than one frame,
+    made one frame at a time from views of the body as the socket takes them
+    (the body is never copied whole).
 
     Raises:
         ConfigurationError: the properties do not fit in one frame (the content
@@ -375,14 +377,15 @@ def message_frames(
                 FRAME_END,
             )
         )
-    parts: list[bytes | memoryview] = [method, header, properties, FRAME_END]
+    return _frames_of(b"".join((method, header, properties, FRAME_END)), channel, body, chunk)
+
+
+def _frames_of(first: bytes, channel: int, body: bytes, chunk: int) -> Iterator[bytes]:
+    yield first
     view = memoryview(body)
     for start in range(0, len(body), chunk):
         piece = view[start : start + chunk]
-        parts.append(_body_frame_header.pack(FRAME_BODY, channel, len(piece)))
-        parts.append(piece)
-        parts.append(FRAME_END)
-    return b"".join(parts)
+        yield b"".join((_body_frame_header.pack(FRAME_BODY, channel, len(piece)), piece, FRAME_END))
 
 
 def ack_frame(channel: int, delivery_tag: int, multiple: bool) -> bytes:
@@ -409,20 +412,36 @@ def reject_frame(channel: int, delivery_tag: int, requeue: bool) -> bytes:
 decode_tag_and_bits: Callable[[bytes, int], tuple[Any, ...]] = _tag_and_bits.unpack_from
 
 
-def decode_deliver(buf: bytes, offset: int) -> tuple[str, int, bool, str, str]:
-    """consumer tag, delivery tag, redelivered, exchange, routing key of basic.deliver."""
-    end = offset + 1 + buf[offset]
-    consumer_tag = buf[offset + 1 : end].decode()
-    delivery_tag, redelivered = _tag_and_bits.unpack_from(buf, end)
-    offset = end + 9
-    end = offset + 1 + buf[offset]
-    exchange = buf[offset + 1 : end].decode()
-    offset = end + 1 + buf[end]
-    routing_key = buf[end + 1 : offset].decode("utf-8", "replace")
+def decode_deliver(buf: bytes, offset: int, end: int) -> tuple[str, int, bool, str, str]:
+    """consumer tag, delivery tag, redelivered, exchange, routing key of basic.deliver
+    (its arguments from ``offset`` up to ``end``).
+
+    Raises:
+        ProtocolError: the arguments run past ``end``.
+        IndexError, struct.error, UnicodeDecodeError: the frame is truncated or
+            garbled (the caller maps these).
+    """
+    stop = offset + 1 + buf[offset]
+    consumer_tag = buf[offset + 1 : stop].decode()
+    delivery_tag, redelivered = _tag_and_bits.unpack_from(buf, stop)
+    offset = stop + 9
+    stop = offset + 1 + buf[offset]
+    exchange = buf[offset + 1 : stop].decode()
+    offset = stop + 1 + buf[stop]
+    if offset > end:
+        raise ProtocolError("basic.deliver arguments run past the end of the frame")
+    routing_key = buf[stop + 1 : offset].decode("utf-8", "replace")
     return consumer_tag, delivery_tag, bool(redelivered), exchange, routing_key
 
 
-def decode_content_header(buf: bytes, offset: int) -> tuple[int, Properties]:
-    """Body size and properties from a content header payload."""
-    (body_size,) = _u64.unpack_from(buf, offset + 4)
-    return body_size, decode_properties(buf, offset + 12)
+def decode_content_header(payload: bytes) -> tuple[int, Properties]:
+    """Body size and properties from a content header payload (the frame's alone).
+
+    Raises:
+        ProtocolError: the payload is too short or its header table is malformed.
+        IndexError, struct.error: the property list is truncated (the caller maps these).
+    """
+    if len(payload) < 14:
+        raise ProtocolError(f"content header of {len(payload)} bytes (14 at least)")
+    (body_size,) = _u64.unpack_from(payload, 4)
+    return body_size, decode_properties(payload, 12)

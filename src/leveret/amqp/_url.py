@@ -38,6 +38,9 @@ class ConnectionParameters:
     tls: bool = False
     heartbeat: int | None = 60
     frame_max: int = 131072
+    #: The largest body the broker takes (RabbitMQ's ``max_message_size``, which the
+    #: handshake does not tell); a bigger one is refused before it is sent.
+    max_message_size: int = 128 * 1024 * 1024
     channel_max: int = 2047
     connection_timeout: float = 10.0
     connection_name: str | None = None
@@ -227,6 +230,8 @@ def _parse_options(options: Mapping[str, str]) -> dict[str, Any]:
             fields["heartbeat"] = _int_option(name, value, 0, 65535)
         elif name == "frame_max":
             fields["frame_max"] = _int_option(name, value, 4096, 2**31 - 1)
+        elif name == "max_message_size":
+            fields["max_message_size"] = _int_option(name, value, 1, 2**31 - 1)
         elif name == "channel_max":
             fields["channel_max"] = _int_option(name, value, 1, 65535)
         elif name == "connection_timeout":
@@ -240,6 +245,7 @@ def _parse_options(options: Mapping[str, str]) -> dict[str, Any]:
         else:
             raise ConfigurationError(
                 f"unknown URL option {name!r}; known options: auth_mechanism, cafile, "
-                "certfile, channel_max, connection_timeout, frame_max, heartbeat, keyfile, name"
+                "certfile, channel_max, connection_timeout, frame_max, heartbeat, keyfile, "
+                "max_message_size, name"
             )
     return fields
