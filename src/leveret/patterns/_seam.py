@@ -18,6 +18,13 @@ from ..exceptions import ConfigurationError
 QueueType = Literal["classic", "quorum"]
 
 
+class ChannelOpener(Protocol):
+    """What the patterns need of a channel's connection: another channel (for
+    declarations a refusal of which must not close the channel they publish on)."""
+
+    async def channel(self, *, publisher_confirms: bool = True) -> PatternChannel: ...
+
+
 class PatternChannel(Protocol):
     """The seam: the only channel methods the patterns use.
 
@@ -31,6 +38,12 @@ class PatternChannel(Protocol):
     @property
     def is_closed(self) -> bool:
         """Closed for good (a robust channel waiting to reopen is not)."""
+
+    @property
+    def connection(self) -> ChannelOpener:
+        """The connection the channel is on."""
+
+    async def close(self) -> None: ...
 
     async def queue_declare(
         self,
@@ -75,6 +88,15 @@ class PatternChannel(Protocol):
         self,
         queue: str,
         exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+    async def exchange_bind(
+        self,
+        destination: str,
+        source: str,
         routing_key: str = "",
         *,
         arguments: Mapping[str, Any] | None = None,
