@@ -203,7 +203,7 @@ def test_leveret_status_shows_the_queues_of_an_app(amqp_url: str, project: Proje
     status = leveret("status", "demoapp:app", env=project.env)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0].split() == ["queue", "ready", "consumers"]
+    assert lines[0].split() == ["queue", "ready", "consumers", "delayed"]
     assert lines[1].split() == [f"{project.prefix}.record", "missing"]
 
 
