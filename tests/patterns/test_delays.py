@@ -25,6 +25,7 @@ from leveret.patterns import (
     list_dead_letters,
     replay_dead_letters,
 )
+from leveret.testing import MemoryBroker, drain
 from tests.cli.conftest import base_env, leveret
 from tests.conftest import AMQP_URL
 from tests.patterns.conftest import Cleanup
@@ -335,3 +336,19 @@ async def test_leveret_status_shows_how_many_tasks_wait_in_delay_queues(
     lines = [line.split() for line in status.stdout.splitlines()]
     assert lines[0] == ["queue", "ready", "consumers", "delayed"]
     assert [task, "1", "0", "3"] in lines
+
+
+async def test_on_the_in_memory_broker_advance_lets_an_hour_long_delay_pass_at_once(
+    leveret_broker: MemoryBroker, leveret_master: Master
+) -> None:
+    arrivals = Arrivals()
+    await leveret_master.create_worker("reminders", arrivals)
+    await leveret_master.create_task("reminders", {"name": "hour"}, delay=3600)
+    await leveret_master.create_task("reminders", {"name": "day"}, delay=86400)
+    leveret_broker.advance(3599)
+    await drain(leveret_master, retries=False)
+    assert arrivals.order == []  # not a second early
+    leveret_broker.advance(1.1)
+    await wait_until(lambda: arrivals.order == ["hour"], 5, "the hour-long delay")
+    leveret_broker.advance(86400)
+    await wait_until(lambda: arrivals.order == ["hour", "day"], 5, "the day-long delay")
