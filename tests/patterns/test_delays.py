@@ -28,7 +28,7 @@ from leveret.patterns import (
 from leveret.testing import MemoryBroker, drain
 from tests.cli.conftest import base_env, leveret
 from tests.conftest import AMQP_URL
-from tests.patterns.conftest import Cleanup
+from tests.patterns.conftest import Cleanup, ConnectBroker
 from tests.support.waiting import wait_until
 
 UTC = datetime.UTC
@@ -134,6 +134,12 @@ async def test_a_delay_that_cannot_be_kept_is_refused_and_nothing_is_sent(
     assert MAX_DELAY >= 365 * 86400
 
 
+def test_a_retry_policy_cannot_wait_longer_than_the_longest_delay() -> None:
+    with pytest.raises(ConfigurationError, match="longer than the longest delay"):
+        RetryPolicy(max_delay=MAX_DELAY + 1)
+    assert RetryPolicy(max_delay=MAX_DELAY).max_delay == MAX_DELAY
+
+
 async def test_a_delay_of_zero_is_an_ordinary_task(
     channel: Channel, unique: str, cleanup: Cleanup
 ) -> None:
@@ -170,6 +176,19 @@ async def test_a_waiting_task_is_on_the_broker_not_unacked_in_a_worker(
     assert (await channel.queue_declare(unique, passive=True)).message_count == 0
     assert await delayed_count(channel, unique) == 1
     await wait_until(lambda: arrivals.order == ["now", "later"], 20, "the delayed task")
+
+
+async def test_a_delayed_task_reaches_an_exclusive_task_queue_from_another_connection(
+    channel: Channel, connect_broker: ConnectBroker, unique: str, cleanup: Cleanup
+) -> None:
+    arrivals = Arrivals()
+    owner = await connect_broker()
+    master = Master(await owner.channel())
+    await master.create_worker(cleanup.queue(unique), arrivals, exclusive=True)
+    await Master(channel).create_task(unique, {"name": "x"}, delay=0.2)
+    await wait_until(lambda: "x" in arrivals.at, 10, "the delayed task")
+    await master.close()  # a throwaway worker: its delay queues go with it
+    await owner.close()
 
 
 async def test_a_delayed_task_reaches_a_quorum_task_queue(

@@ -19,7 +19,13 @@ from types import MappingProxyType
 from typing import Any
 
 from ..amqp import AsyncClosing, Properties, ReturnedMessage
-from ..exceptions import ConfigurationError, MessageReturnedError, NotFoundError, UnroutableError
+from ..exceptions import (
+    ConfigurationError,
+    MessageReturnedError,
+    NotFoundError,
+    ResourceLockedError,
+    UnroutableError,
+)
 from ..serializers import JSON, Serializer
 from ._base import Base, CompressedJson, Duration, Proxy, milliseconds
 from ._call import KeywordCall
@@ -187,7 +193,8 @@ class Master(Base, AsyncClosing):
 
         On a channel of its own: a task queue that does not exist makes the
         broker close the channel that asked (404), and that must not be the
-        channel tasks are published on.
+        channel tasks are published on. An exclusive task queue cannot be bound
+        from here (405); its worker bound it and declared the ladder when it started.
         """
         if task in self._ladders:
             return True
@@ -199,6 +206,8 @@ class Master(Base, AsyncClosing):
                 await declare_ladder(side, task)
             except NotFoundError:
                 return False
+            except ResourceLockedError:
+                pass  # an exclusive task queue: its worker's connection declared the ladder
             finally:
                 await side.close()
             self._ladders.add(task)
