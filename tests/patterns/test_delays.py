@@ -28,10 +28,11 @@ from leveret.patterns import (
 from leveret.testing import MemoryBroker, drain
 from tests.cli.conftest import base_env, leveret
 from tests.conftest import AMQP_URL
-from tests.patterns.conftest import Cleanup, ConnectBroker
+from tests.patterns.conftest import Cleanup, ConnectBroker, dead_letters
 from tests.support.waiting import wait_until
 
 UTC = datetime.UTC
+REASON = "x-leveret-reason"
 
 
 class Arrivals:
@@ -138,6 +139,27 @@ def test_a_retry_policy_cannot_wait_longer_than_the_longest_delay() -> None:
     with pytest.raises(ConfigurationError, match="longer than the longest delay"):
         RetryPolicy(max_delay=MAX_DELAY + 1)
     assert RetryPolicy(max_delay=MAX_DELAY).max_delay == MAX_DELAY
+
+
+async def test_a_task_whose_name_cannot_be_delayed_still_runs_but_is_not_retried(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    name = cleanup.queue(f"{unique}.*")  # '*' is a wildcard word to the delay ladder
+    runs: list[int] = []
+
+    async def fails(*, n: int) -> None:
+        runs.append(n)
+        raise ValueError("no")
+
+    master = Master(channel)
+    await master.create_worker(name, fails, retries=RetryPolicy(max_attempts=3, backoff=0.1))
+    await master.create_task(name, {"n": 1})
+    (dead,) = await dead_letters(channel, name, 1)
+    assert runs == [1]
+    assert "failed after 1 attempt, not retried: task" in dead.headers[REASON]
+    assert "cannot be delayed" in dead.headers[REASON]
+    with pytest.raises(ConfigurationError, match="as a wildcard"):
+        await master.create_task(name, {"n": 2}, delay=1)
 
 
 async def test_a_delay_of_zero_is_an_ordinary_task(

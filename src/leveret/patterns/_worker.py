@@ -26,9 +26,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..amqp import Delivery
-from ..exceptions import AMQPError, MessageProcessingError, RejectMessage, SerializationError
+from ..exceptions import (
+    AMQPError,
+    ConfigurationError,
+    MessageProcessingError,
+    RejectMessage,
+    SerializationError,
+)
 from ._call import KeywordCall
-from ._delay import addressed, declare_ladder, route
+from ._delay import addressed, check_name, declare_ladder, route
 from ._handler import Handler, Result
 from ._observe import (
     DEAD_LETTERED,
@@ -109,6 +115,12 @@ class Worker(Handler):
         # An auto-delete or exclusive worker's dead-letter and delay queues go with it.
         self._throwaway = throwaway
         self._own_queues: set[str] = set()
+        # Why this task's name cannot go on the delay ladder (None: it can).
+        self._undelayable: str | None = None
+        try:
+            check_name(self.name)
+        except ConfigurationError as exc:
+            self._undelayable = str(exc)
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop consuming; tasks already running finish first.
@@ -166,12 +178,15 @@ class Worker(Handler):
 
     async def declare_ladder(self) -> None:
         """Declare the delay ladder and this task's delay queues (see :mod:`._delay`),
-        which retries and delayed tasks wait in.
+        which retries and delayed tasks wait in; for a name that cannot be delayed,
+        log why (its tasks are not retried, a failure dead-letters them).
 
         Raises:
-            ConfigurationError: the task's name cannot be delayed.
             BrokerError: the broker refused a declaration.
         """
+        if self._undelayable is not None:
+            log.warning("%s; a task of it that fails is not retried", self._undelayable)
+            return
         self._own_queues.update(await declare_ladder(self.channel, self.name))
 
     async def declare(self, queue: str) -> None:
@@ -240,7 +255,8 @@ class Worker(Handler):
     async def _failed(
         self, delivery: Delivery, error: BaseException, attempt: int, redeliveries: int
     ) -> Outcome:
-        if self.retries.should_retry(attempt, error):
+        retry = self.retries.should_retry(attempt, error)
+        if retry and self._undelayable is None:
             delay = self.retries.delay(attempt + 1)
             self._log(
                 logging.WARNING,
@@ -278,6 +294,8 @@ class Worker(Handler):
             reason = f"failed again after {redeliveries} redelivery(s) (reject_on_redelivered)"
         else:
             reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
+            if retry:
+                reason += f", not retried: {self._undelayable}"
         outcome = await self._dead_letter(delivery, reason, attempt, error)
         return FAILED if outcome == DEAD_LETTERED else outcome
 
