@@ -8,6 +8,7 @@ from leveret.exceptions import (
     AccessRefusedError,
     ChannelClosedError,
     CommandInvalidError,
+    ConfigurationError,
     ConnectionClosedError,
     ConsumerCancelledError,
     NotFoundError,
@@ -270,3 +271,15 @@ async def test_an_auto_delete_exchange_goes_with_its_last_binding(
     channel = await leveret_connection.channel()
     await channel.exchange_delete("kept")
     await channel.exchange_delete("kept")  # deleting a missing exchange is fine
+
+
+async def test_a_name_over_255_bytes_is_refused_before_anything_is_sent(
+    leveret_channel: MemoryChannel,
+) -> None:
+    with pytest.raises(
+        ConfigurationError, match="queue is 256 bytes long; AMQP allows at most 255"
+    ):
+        await leveret_channel.queue_declare("q" * 256)
+    with pytest.raises(ConfigurationError, match="exchange is 256 bytes long"):
+        await leveret_channel.exchange_declare("é" * 128)
+    assert leveret_channel.is_open  # the client refused it: the broker never saw it

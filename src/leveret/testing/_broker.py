@@ -302,6 +302,7 @@ class MemoryBroker(Exchanges):
         body: bytes,
         encoded: bytes,
         ttl: int | None,
+        priority: int | None,
     ) -> tuple[list[MemoryQueue], Callable[[], bool]]:
         """Route a message now; returns the queues it goes to, and the function that
         puts it there (which returns whether any queue refused it). A transaction
@@ -316,7 +317,7 @@ class MemoryBroker(Exchanges):
         def enqueue() -> bool:
             refused = False
             for queue in targets:
-                if not queue.enqueue(body, encoded, exchange, routing_key, ttl):
+                if not queue.enqueue(body, encoded, exchange, routing_key, ttl, priority):
                     refused = True
             self._changed()
             return refused
@@ -350,7 +351,9 @@ class MemoryBroker(Exchanges):
         for target in targets:
             if is_dead_letter_cycle(target.name, deaths, reason):
                 continue
-            target.enqueue(message.body, encoded, exchange_name, routing_key, None)
+            target.enqueue(
+                message.body, encoded, exchange_name, routing_key, None, properties.priority
+            )
 
     # -- time -------------------------------------------------------------------------
 
@@ -378,21 +381,26 @@ class MemoryBroker(Exchanges):
             raise ConfigurationError(f"advance({seconds}) would move time back")
         clock = self.clock
         target = clock.now() + seconds
-        while True:
-            due = [(queue.next_due(), queue) for queue in list(self._queues.values())]
-            pending = [(when, queue) for when, queue in due if when is not None]
-            if not pending:
-                break
-            when, queue = min(pending, key=lambda item: item[0])
-            if when > target:
-                break
-            clock.advance(max(0.0, when - clock.now()))
-            queue.run_due()
+        try:
+            while True:
+                due = [(queue.next_due(), queue) for queue in list(self._queues.values())]
+                pending = [(when, queue) for when, queue in due if when is not None]
+                if not pending:
+                    break
+                when, queue = min(pending, key=lambda item: item[0])
+                if when > target:
+                    break
+                clock.hold(when)
+                queue.run_due()
+                self._dispatch_pending()
+            clock.hold(target)
+            for queue in list(self._queues.values()):
+                queue.run_due()
             self._dispatch_pending()
-        clock.advance(max(0.0, target - clock.now()))
+        finally:
+            clock.release()
         for queue in list(self._queues.values()):
-            queue.run_due()
-        self._dispatch_pending()
+            queue.rearm()  # the loop time of what is due next has moved
         self._changed()
 
     def _dispatch_pending(self) -> None:

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from ._connection import MemoryConnection
 
 _AUTHENTICATED_USER = "guest"
+# The arguments of declaring methods that travel as AMQP short strings (255 bytes).
+_SHORT_STRINGS = ("queue", "exchange", "type", "routing_key", "destination", "source")
 
 
 class MemoryChannel(ChannelCore, Declarations):
@@ -61,6 +63,9 @@ class MemoryChannel(ChannelCore, Declarations):
     async def _declare(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         """Carry out a declaring method on the broker; returns the reply's arguments."""
         broker, connection = self._broker, self._connection
+        for field in _SHORT_STRINGS:  # as the client refuses them before sending
+            if isinstance(args.get(field), str):
+                encode_shortstr(args[field], field)
         if method == "queue.declare":  # as the broker receives them (raises as the client would)
             arguments = normalize_table(args["arguments"])
         elif method.endswith("bind"):
@@ -68,7 +73,7 @@ class MemoryChannel(ChannelCore, Declarations):
 
         def carry_out() -> dict[str, Any]:
             if method == "queue.declare":
-                return broker.declare_queue(
+                declared = broker.declare_queue(
                     connection,
                     args["queue"],
                     passive=args["passive"],
@@ -76,7 +81,11 @@ class MemoryChannel(ChannelCore, Declarations):
                     exclusive=args["exclusive"],
                     auto_delete=args["auto_delete"],
                     arguments=arguments,
-                )._asdict()
+                )
+                self._last_queue = declared.queue
+                return declared._asdict()
+            if args.get("queue") == "" and method.startswith("queue."):
+                args["queue"] = self._last_declared()
             if method.endswith("bind"):  # queue.bind, exchange.bind and their unbinds
                 kind = method.partition(".")[0]
                 binding = (
@@ -116,11 +125,22 @@ class MemoryChannel(ChannelCore, Declarations):
         self, prefetch_count: int, *, prefetch_size: int = 0, global_: bool = False
     ) -> None:
         """Limit unacked deliveries: per consumer started afterwards, or (``global_``)
-        shared by the whole channel."""
+        shared by the whole channel.
+
+        Raises:
+            NotImplementedByBrokerError: ``prefetch_size`` is not 0; RabbitMQ closes the
+                connection over it (540), and so does the in-memory broker.
+        """
         if not 0 <= prefetch_count <= 65535:
             raise ConfigurationError(f"prefetch_count={prefetch_count} is outside 0..65535")
 
         def apply() -> None:
+            if prefetch_size:
+                raise Refusal(
+                    540,
+                    f"NOT_IMPLEMENTED - prefetch_size!=0 ({prefetch_size})",
+                    scope="connection",
+                )
             if global_:
                 self._global_prefetch = prefetch_count
                 self._wake_consumers()
@@ -225,7 +245,9 @@ class MemoryChannel(ChannelCore, Declarations):
                 headers={k: v for k, v in headers.items() if k != "BCC"}
             )
             encoded = properties.encode()
-        targets, enqueue = self._broker.publish(exchange, routing_keys, headers, body, encoded, ttl)
+        targets, enqueue = self._broker.publish(
+            exchange, routing_keys, headers, body, encoded, ttl, properties.priority
+        )
         returned = None
         if mandatory and not targets:
             returned = ReturnedMessage(

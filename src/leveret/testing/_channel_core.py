@@ -57,6 +57,8 @@ class ChannelCore(Consuming, AsyncClosing):
         self._close_reason: BaseException | None = None
         self._consumers: dict[str, Subscription] = {}
         self._unacked = UnackedDeliveries(self)
+        #: The queue this channel declared last: what ``""`` names in queue methods.
+        self._last_queue: str | None = None
         #: The open transaction once ``tx_select`` made this a transactional channel.
         self._transaction: Transaction | None = None
         self._prefetch = 0
@@ -139,6 +141,12 @@ class ChannelCore(Consuming, AsyncClosing):
         for tag, entry, _kind, _requeue in settles:
             self._unacked.restore(tag, entry)
 
+    def _last_declared(self) -> str:
+        """The queue ``""`` stands for, as RabbitMQ reads it (404 if none yet)."""
+        if self._last_queue is None:
+            raise Refusal(404, "NOT_FOUND - no previously declared queue")
+        return self._last_queue
+
     def _ensure_open(self) -> None:
         if not self._open:
             raise ChannelClosedError(
@@ -188,6 +196,8 @@ class ChannelCore(Consuming, AsyncClosing):
                     raise Refusal(406, "PRECONDITION_FAILED - reply consumer already set")
                 target = self._reply_queue = self._broker.new_reply_queue()
             else:
+                if not consumer.queue:
+                    consumer.queue = self._last_declared()
                 target = self._broker._queue(consumer.queue, self._connection)
                 priority = normalize_table(consumer.arguments).get("x-priority")
                 if priority is not None and (
@@ -228,7 +238,7 @@ class ChannelCore(Consuming, AsyncClosing):
         """Fetch one message with ``basic.get``; ``None`` if the queue is empty."""
 
         def take() -> Delivery | None:
-            source = self._broker._queue(queue, self._connection)
+            source = self._broker._queue(queue or self._last_declared(), self._connection)
             message = source.take()
             if message is None:
                 return None
@@ -265,8 +275,12 @@ class ChannelCore(Consuming, AsyncClosing):
         for subscription in self._consumers.values():
             subscription.queue.schedule()
 
-    def _deliver(self, subscription: Subscription, message: StoredMessage) -> None:
-        """Hand a message to a consumer (called by the queue's dispatch, never re-entrantly)."""
+    def _deliver(
+        self, subscription: Subscription, message: StoredMessage, *, later: bool = False
+    ) -> None:
+        """Hand a message to a consumer (called by the queue's dispatch, never
+        re-entrantly). ``later``: the delivery is made now (a publish handing it
+        straight to a waiting consumer), its callback runs on the next loop turn."""
         unacked = self._unacked
         tag = unacked.next_tag()
         queue, consumer = subscription.queue, subscription.consumer
@@ -283,7 +297,18 @@ class ChannelCore(Consuming, AsyncClosing):
         )
         if not consumer.no_ack:
             unacked.hold(tag, queue, message, subscription)
-        self._tasks.call(consumer.callback, delivery)
+        if later:
+            self._loop.call_soon(self._hand_over, subscription, delivery)
+        else:
+            self._tasks.call(consumer.callback, delivery)
+
+    def _hand_over(self, subscription: Subscription, delivery: Delivery) -> None:
+        if not self._open:
+            return  # closed meanwhile: the delivery went back with its unacked ones
+        if self._consumers.get(subscription.consumer.tag) is not subscription:
+            self._unacked.give_back(delivery.delivery_tag)  # cancelled meanwhile
+            return
+        self._tasks.call(subscription.consumer.callback, delivery)
 
     def _broker_cancelled(self, subscription: Subscription) -> None:
         """The consumer's queue was deleted: RabbitMQ sends basic.cancel."""

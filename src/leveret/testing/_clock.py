@@ -20,30 +20,42 @@ CLOCK_SLACK = time.get_clock_info("monotonic").resolution
 
 class Clock:
     """Broker time in seconds: the loop's ``time()`` (``time.monotonic()`` before
-    there is a loop) plus what :meth:`advance` added."""
+    there is a loop) plus what :meth:`MemoryBroker.advance` added; while it
+    advances, time stands still at each moment it handles (:meth:`hold`)."""
 
-    __slots__ = ("_loop", "offset")
+    __slots__ = ("_held", "_loop", "offset")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Seconds added by :meth:`advance` so far.
+        self._held: float | None = None
+        #: Seconds added by advancing so far.
         self.offset = 0.0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
+    def _base(self) -> float:
+        loop = self._loop
+        return time.monotonic() if loop is None or loop.is_closed() else loop.time()
+
     def now(self) -> float:
         """The broker's monotonic time."""
-        loop = self._loop
-        base = time.monotonic() if loop is None or loop.is_closed() else loop.time()
-        return base + self.offset
+        held = self._held
+        return held if held is not None else self._base() + self.offset
 
     def wall(self) -> float:
         """The broker's wall-clock time (``time.time()`` moved on as :meth:`now` is)."""
-        return time.time() + self.offset
+        return time.time() + (self.now() - self._base())
 
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
+    def hold(self, when: float) -> None:
+        """Stand still at ``when`` (never earlier than now) until :meth:`release`."""
+        self._held = max(when, self.now())
+
+    def release(self) -> None:
+        """Run on from where time was held."""
+        if self._held is not None:
+            self.offset = self._held - self._base()
+            self._held = None
 
     def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle | None:
         """Call ``callback`` when broker time reaches ``when`` (None without a live loop)."""

@@ -22,16 +22,14 @@ CONNECTION_CODES = frozenset({320, 402, 501, 502, 503, 504, 505, 530, 541})
 class Refusal(Exception):
     """The broker says no: ``code`` and RabbitMQ's ``text`` for it."""
 
-    def __init__(self, code: int, text: str) -> None:
+    def __init__(self, code: int, text: str, *, scope: Scope | None = None) -> None:
         # The reply text is an AMQP short string: RabbitMQ cuts it at 255 bytes.
         text = text.encode()[:255].decode(errors="ignore")
         super().__init__(code, text)
         self.code = code
         self.text = text
-
-    @property
-    def scope(self) -> Scope:
-        return "connection" if self.code in CONNECTION_CODES else "channel"
+        #: What closes: by the code's AMQP class, unless RabbitMQ closes otherwise.
+        self.scope: Scope = scope or ("connection" if code in CONNECTION_CODES else "channel")
 
 
 def no_queue(name: str) -> Refusal:

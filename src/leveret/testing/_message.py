@@ -51,6 +51,8 @@ class StoredMessage:
     routing_key: str
     seq: int
     expires_at: float | None
+    #: Its place in a priority queue (0 elsewhere).
+    priority: int = 0
     redelivered: bool = False
     delivery_count: int = 0
 

@@ -17,6 +17,7 @@ deliveries, and the next one takes over when it goes.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 from collections import deque
 from types import MappingProxyType
@@ -82,6 +83,8 @@ class MemoryQueue:
         self.queue_type: QueueType = arguments.get("x-queue-type", "classic")
         self._ttl = _non_negative_int(arguments.get("x-message-ttl"))
         self._max_length = _non_negative_int(arguments.get("x-max-length"))
+        self._max_bytes = _non_negative_int(arguments.get("x-max-length-bytes"))
+        self._max_priority = _non_negative_int(arguments.get("x-max-priority"))
         self._overflow = arguments.get("x-overflow", "drop-head")
         self._delivery_limit = _non_negative_int(arguments.get("x-delivery-limit"))
         self._single_active = arguments.get("x-single-active-consumer") is True
@@ -89,7 +92,8 @@ class MemoryQueue:
         self._expires = None if expires is None else expires / 1000
         self._clock = broker.clock
         self._expires_at: float | None = None
-        self._ready: deque[StoredMessage] = deque()
+        self._ready: deque[StoredMessage] = deque()  # by priority, then position
+        self._ready_bytes = 0
         self._subscriptions: list[Subscription] = []
         self._next_subscription = 0
         self._unacked = 0
@@ -158,27 +162,81 @@ class MemoryQueue:
         exchange: str,
         routing_key: str,
         ttl: int | None,
+        priority: int | None,
     ) -> bool:
-        """Append a message; ``False`` if ``x-overflow: reject-publish`` refuses it."""
-        limit = self._max_length
-        if limit is not None and len(self._ready) >= limit and self._overflow != "drop-head":
-            return False  # reject-publish: the publisher gets a nack
+        """Take a message; ``False`` if ``x-overflow: reject-publish`` refuses it.
+
+        As on RabbitMQ, a message that finds the queue empty and a consumer with
+        room goes straight to it: length limits and a TTL of 0 do not apply.
+        Otherwise it joins the queue (by ``priority`` under ``x-max-priority``),
+        and messages over the length limits leave from the head (``drop-head``,
+        dead-lettered) or the new one is refused (``reject-publish``; with
+        ``reject-publish-dlx`` it is dead-lettered too).
+        """
         if self._ttl is not None:
             ttl = self._ttl if ttl is None else min(ttl, self._ttl)
         expires_at = None if ttl is None else self._clock.now() + ttl / 1000
-        self._ready.append(
-            StoredMessage(body, encoded, exchange, routing_key, next(self._seq), expires_at)
+        level = 0
+        if self._max_priority is not None and priority:
+            level = min(priority, self._max_priority)
+        message = StoredMessage(
+            body, encoded, exchange, routing_key, next(self._seq), expires_at, level
         )
-        while limit is not None and len(self._ready) > limit:  # drop-head
-            self._broker._dead_letter(self._ready.popleft(), self, "maxlen")
+        if not self._ready:
+            subscription = self._pick_consumer()
+            if subscription is not None:
+                subscription.channel._deliver(subscription, message, later=True)
+                return True
+        if self._overflow != "drop-head" and self._would_overflow(len(body)):
+            if self._overflow == "reject-publish-dlx":
+                self._broker._dead_letter(message, self, "maxlen")
+            return False  # the publisher gets a nack
+        self._push(message)
+        self._drop_overflow()
         self.schedule()
         return True
 
-    def requeue(self, message: StoredMessage) -> None:
+    def _would_overflow(self, size: int) -> bool:
+        length, size_limit = self._max_length, self._max_bytes
+        return (length is not None and len(self._ready) + 1 > length) or (
+            size_limit is not None and self._ready_bytes + size > size_limit
+        )
+
+    def _drop_overflow(self) -> None:
+        """``drop-head``: dead-letter from the head while the queue is over a limit."""
+        if self._overflow != "drop-head":
+            return
+        length, size_limit = self._max_length, self._max_bytes
+        while self._ready and (
+            (length is not None and len(self._ready) > length)
+            or (size_limit is not None and self._ready_bytes > size_limit)
+        ):
+            self._broker._dead_letter(self._pop_head(), self, "maxlen")
+
+    def _push(self, message: StoredMessage) -> None:
+        """Put a message in its place: behind those of its priority or higher that
+        came before it (by ``seq``), ahead of the rest."""
+        ready = self._ready
+        key = (-message.priority, message.seq)
+        if not ready or (-ready[-1].priority, ready[-1].seq) < key:
+            ready.append(message)
+        else:
+            index = bisect.bisect_left(ready, key, key=lambda m: (-m.priority, m.seq))
+            ready.insert(index, message)
+        self._ready_bytes += len(message.body)
+
+    def _pop_head(self) -> StoredMessage:
+        message = self._ready.popleft()
+        self._ready_bytes -= len(message.body)
+        return message
+
+    def requeue(self, message: StoredMessage, *, to_back: bool = False) -> None:
         """A delivery came back (nack/reject with requeue, or its channel closed).
 
-        It returns to its old place, marked redelivered; a quorum queue counts it
-        and dead-letters it past ``x-delivery-limit``.
+        It returns to its old place (``to_back``: behind everything, as a quorum
+        queue puts back a nacked message), marked redelivered; a quorum queue
+        counts it and dead-letters it past ``x-delivery-limit``. A queue over its
+        length limit then drops from the head, as for a publish.
         """
         if self.deleted:
             return
@@ -189,11 +247,10 @@ class MemoryQueue:
             if limit is not None and message.delivery_count > limit:
                 self._broker._dead_letter(message, self, "delivery_limit")
                 return
-        ready = self._ready
-        index = 0
-        while index < len(ready) and ready[index].seq < message.seq:
-            index += 1
-        ready.insert(index, message)
+        if to_back:
+            message.seq = next(self._seq)
+        self._push(message)
+        self._drop_overflow()
         self.schedule()
 
     def settled(self, subscription: Subscription | None) -> None:
@@ -219,7 +276,7 @@ class MemoryQueue:
         """The head message for ``basic.get`` (expired ones are dead-lettered first)."""
         self.used()
         self._expire_head()
-        message = self._ready.popleft() if self._ready else None
+        message = self._pop_head() if self._ready else None
         self._arm_timer()
         return message
 
@@ -232,6 +289,7 @@ class MemoryQueue:
     def purge(self) -> int:
         count = len(self._ready)
         self._ready.clear()
+        self._ready_bytes = 0
         self._arm_timer()
         return count
 
@@ -267,6 +325,7 @@ class MemoryQueue:
         """Drop everything; returns the consumers to tell (RabbitMQ sends basic.cancel)."""
         self.deleted = True
         self._ready.clear()
+        self._ready_bytes = 0
         subscriptions, self._subscriptions = self._subscriptions, []
         if self._timer is not None:
             self._timer.cancel()
@@ -314,7 +373,7 @@ class MemoryQueue:
             if subscription is None:
                 break
             budget -= 1
-            subscription.channel._deliver(subscription, self._ready.popleft())
+            subscription.channel._deliver(subscription, self._pop_head())
         if self._ready and budget == 0 and self._pick_consumer(peek=True) is not None:
             self.schedule()
         self._arm_timer()
@@ -371,7 +430,7 @@ class MemoryQueue:
             head = ready[0]
             if head.expires_at is None or head.expires_at > now:
                 break
-            ready.popleft()
+            self._pop_head()
             expired += 1
             self._broker._dead_letter(head, self, "expired")
         return expired
@@ -384,6 +443,13 @@ class MemoryQueue:
             self._timer.cancel()
         self._timer = None if at is None else self._clock.call_at(at, self._on_timer)
         self._timer_at = None if self._timer is None else at
+
+    def rearm(self) -> None:
+        """Broker time jumped: arm the timer anew for what is due next."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        self._arm_timer()
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None

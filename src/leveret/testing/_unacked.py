@@ -84,10 +84,21 @@ class UnackedDeliveries:
         broker = self.channel._broker
         if kind != "ack":
             if requeue:
-                queue.requeue(message)
+                queue.requeue(message, to_back=queue.is_quorum)
             elif not queue.deleted:
                 broker._dead_letter(message, queue, "rejected")
         broker._changed()
+
+    def give_back(self, delivery_tag: int) -> None:
+        """A delivery its consumer never saw (cancelled first) goes back to its queue."""
+        entry = self._held.pop(delivery_tag, None)
+        if entry is None:
+            return
+        queue, message, subscription = entry
+        if subscription is not None:
+            self.by_consumers -= 1
+        queue.settled(subscription)
+        queue.requeue(message)
 
     def release(self) -> None:
         """The channel closed: every held delivery goes back to its queue, in order."""
