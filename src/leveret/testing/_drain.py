@@ -74,7 +74,7 @@ async def drain(
     def pending() -> list[str]:
         assert broker is not None
         left = []
-        for name in _with_retry_queues(broker, names) if retries else names:
+        for name in _with_delay_queues(broker, names) if retries else names:
             queue = broker.queues.get(name)
             if queue is not None and (queue.message_count or queue.unacked_count):
                 left.append(
@@ -133,7 +133,7 @@ def _broker_of(channel: object) -> MemoryBroker:
     return _channel_of(channel)._broker
 
 
-def _with_retry_queues(broker: MemoryBroker, names: Iterable[str]) -> list[str]:
+def _with_delay_queues(broker: MemoryBroker, names: Iterable[str]) -> list[str]:
     """The queues plus their delay queues (``<task>.delay.<level>``) that exist now."""
     wanted = list(names)
     patterns = [re.compile(re.escape(name) + r"\.delay\.\d+") for name in wanted]
