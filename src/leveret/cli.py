@@ -31,7 +31,7 @@ from . import __version__
 from ._connect import ChannelLike, connect, connect_robust, safe_url
 from ._hints import connect_failure
 from ._supervisor import NotStopped, run_processes
-from .amqp import DEFAULT_URL, parse_urls
+from .amqp import DEFAULT_URL, QueueDeclareOk, parse_urls
 from .app import App
 from .exceptions import ConfigurationError, ConnectError, LeveretError, NotFoundError
 from .patterns import (
@@ -544,31 +544,23 @@ def status(target: str, url: str | None) -> None:
     names += [(name, None) for name in app.rpcs]
     names.append((UNDELIVERABLE, None))
 
-    async def count(channel: ChannelLike, name: str) -> tuple[ChannelLike, int | None]:
-        """The channel to go on with (a passive declare of a missing queue closes it)
-        and the queue's ready messages (None: missing)."""
-        try:
-            return channel, (await channel.queue_declare(name, passive=True)).message_count
-        except NotFoundError:
-            return await channel.connection.channel(), None
-
     async def look(channel: ChannelLike) -> list[tuple[str, str, str, str]]:
+        async def declared(name: str) -> QueueDeclareOk | None:
+            nonlocal channel
+            try:
+                return await channel.queue_declare(name, passive=True)
+            except NotFoundError:  # the broker closed the channel: go on with another
+                channel = await channel.connection.channel()
+                return None
+
         rows = []
         for name, ladder in names:
-            try:
-                ok = await channel.queue_declare(name, passive=True)
-            except NotFoundError:
-                channel = await channel.connection.channel()
-                if name != UNDELIVERABLE:
-                    rows.append((name, "missing", "", ""))
+            ok = await declared(name)
+            if ok is None:
+                rows += [] if name == UNDELIVERABLE else [(name, "missing", "", "")]
                 continue
-            delayed = ""
-            if ladder is not None:
-                waiting = 0
-                for queue in ladder:
-                    channel, found = await count(channel, queue)
-                    waiting += found or 0
-                delayed = f"{waiting:,}"
+            waiting = [await declared(queue) for queue in ladder or ()]
+            delayed = "" if ladder is None else f"{sum(w.message_count for w in waiting if w):,}"
             rows.append((name, f"{ok.message_count:,}", f"{ok.consumer_count}", delayed))
         return rows
 

@@ -46,6 +46,7 @@ class Master(Base, AsyncClosing):
         master = Master(channel)
         await master.create_worker("resize", resize, prefetch_count=32)
         await master.proxy.resize(path="a.png")  # returns once the broker has it
+        await master.create_task("resize", {"path": "b.png"}, delay=60)  # in a minute
 
     Tasks are persistent and ``mandatory``: a task nobody consumes raises
     :class:`~leveret.exceptions.UnroutableError` instead of vanishing. Worker
