@@ -116,7 +116,9 @@ class Master(Base, AsyncClosing):
         makes the task wait on the broker first (rounded up to 16 ms, never early;
         at most :data:`~leveret.patterns.MAX_DELAY`, about 397 days): no worker
         holds it meanwhile. ``delay=0``, ``None`` or an ``eta`` already past is an
-        ordinary task. ``expiration`` (seconds, a timedelta, or a datetime) drops the task if no
+        ordinary task.
+
+        ``expiration`` (seconds, a timedelta, or a datetime) drops the task if no
         worker takes it in time. The other keywords are the message properties
         aio-pika's ``create_task`` passes on to its ``Message``; ``delivery_mode=1``
         makes a task transient. ``message_id`` defaults to a unique id.
