@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from leveret import App, connect
+from leveret.patterns import delay_queues
 from tests.cli.conftest import (
     Project,
     Reaper,
@@ -63,19 +64,21 @@ async def _consumers(queue: str) -> int:
 
 
 async def _served_by(project: Project, processes: int) -> None:
-    queue = f"{project.prefix}.record"
+    # The RPC method is served last, after every task's worker has started.
+    queues = [f"{project.prefix}.record", f"{project.prefix}.multiply"]
 
     async def all_consume() -> bool:
-        return await _consumers(queue) == processes
+        return all([await _consumers(queue) == processes for queue in queues])
 
-    await wait_until(all_consume, 15, f"{processes} processes to consume {queue}")
+    await wait_until(all_consume, 15, f"{processes} processes to consume {queues}")
 
 
 async def _delete_queues(project: Project) -> None:
     async with await connect(AMQP_URL) as conn:
         channel = await conn.channel()
         for name in ("record", "hog"):
-            for queue in (f"{project.prefix}.{name}", f"{project.prefix}.{name}.dlq"):
+            task = f"{project.prefix}.{name}"
+            for queue in (task, f"{task}.dlq", *delay_queues(task)):
                 await channel.queue_delete(queue)
         await channel.queue_delete(f"{project.prefix}.multiply")
 

@@ -301,7 +301,10 @@ class Master(Base, AsyncClosing):
                 auto_delete=auto_delete,
                 arguments=None if passive else queue_arguments,
             )
-            await worker.declare_ladder()
+            if policy.max_attempts > 1 or exclusive:
+                # Its retries wait there; a sender declares it before a first delay, but
+                # cannot bind an exclusive queue of another connection (405).
+                await worker.declare_ladder()
             await worker.start()
         self.workers.append(worker)
         return worker
