@@ -12,7 +12,7 @@ import pytest
 
 from leveret import App, RejectMessage, connect
 from leveret.exceptions import ConfigurationError
-from leveret.patterns import RPC
+from leveret.patterns import RPC, delay_queues
 from leveret.testing import MemoryBroker, drain
 from tests.support.waiting import wait_until
 
@@ -62,7 +62,7 @@ async def test_handles_are_plain_callables_and_reach_workers_started_by_the_app(
         await master.close()
         await rpc.close()
         channel = await serving.channel()
-        for queue in (greet.name, f"{greet.name}.dlq", shout.name):
+        for queue in (greet.name, f"{greet.name}.dlq", *delay_queues(greet.name), shout.name):
             await channel.queue_delete(queue)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import functools
 import inspect
 import os
@@ -112,6 +113,36 @@ class TaskHandle(_Handle, Generic[P, R]):
         self._check("send", args, kwargs)
         master = await self.app._master()
         await master.create_task(self.name, kwargs=kwargs)
+
+    async def send_in(
+        self, delay: float | datetime.timedelta, /, *args: P.args, **kwargs: P.kwargs
+    ) -> None:
+        """Queue the task to run ``delay`` (seconds or a timedelta) from now; return
+        once the broker has confirmed it. The broker holds it meanwhile (see
+        ``Master.create_task``); the delay comes first and only positionally, so
+        every keyword is the task's own.
+
+        Raises:
+            TypeError: as :meth:`send`.
+            ConfigurationError: a negative delay, or one over ``MAX_DELAY``.
+            UnroutableError: no worker ever declared the task's queue.
+        """
+        self._check("send_in", args, kwargs)
+        master = await self.app._master()
+        await master.create_task(self.name, kwargs=kwargs, delay=delay)
+
+    async def send_at(self, eta: datetime.datetime, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Queue the task to run at ``eta`` (a timezone-aware datetime; one already
+        past runs at once); return once the broker has confirmed it.
+
+        Raises:
+            TypeError: as :meth:`send`.
+            ConfigurationError: a naive ``eta``, or one further than ``MAX_DELAY``.
+            UnroutableError: no worker ever declared the task's queue.
+        """
+        self._check("send_at", args, kwargs)
+        master = await self.app._master()
+        await master.create_task(self.name, kwargs=kwargs, eta=eta)
 
     def __repr__(self) -> str:
         return f"<task {self.name!r} of {self.app!r}>"

@@ -86,7 +86,8 @@ class BlockingClient:
     def create_task(
         self, name: str, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> None:
-        """Queue a task; return once the broker confirmed it (see ``Master.create_task``)."""
+        """Queue a task; return once the broker confirmed it (see ``Master.create_task``:
+        ``delay=`` seconds or ``eta=`` an aware datetime make it wait on the broker)."""
         self._run(self._master.create_task(name, kwargs or {}, **options))
 
     def call(

@@ -33,15 +33,16 @@ from . import __version__
 from ._connect import ChannelLike, connect, connect_robust, safe_url
 from ._hints import connect_failure
 from ._supervisor import NotStopped, run_processes
-from .amqp import DEFAULT_URL, parse_urls
+from .amqp import DEFAULT_URL, QueueDeclareOk, parse_urls
 from .app import App
 from .exceptions import ConfigurationError, ConnectError, LeveretError, NotFoundError
 from .patterns import (
+    UNDELIVERABLE,
     DeadLetter,
     dead_letter_queue,
+    delay_queues,
     list_dead_letters,
     replay_dead_letters,
-    retry_queue,
     serve,
 )
 
@@ -543,42 +544,51 @@ def _run_processes(
         raise _Failure(str(exc)) from None
 
 
-@main.command(short_help="Show an app's queues: ready messages and consumers.")
+@main.command(short_help="Show an app's queues: ready, consumers, delayed.")
 @_log_level_option("error")
 @click.argument("target")
 @_url_option(_APP_URL_DEFAULT)
 def status(target: str, url: str | None) -> None:
-    """Show the queues TARGET (module:app) uses: ready messages and consumers.
+    """Show the queues TARGET (module:app) uses: ready messages, consumers, and
+    for a task the copies that wait in its delay queues (delayed tasks and retries).
 
     (AMQP does not tell how many messages are unacked; RabbitMQ's management UI does.)
     """
     app = _load_app(target)
     url = _broker_url(url, app, target)
-    names: list[str] = []
+    # (queue, its delay queues: None for a queue that is not a task's)
+    names: list[tuple[str, list[str] | None]] = []
     for task in app.tasks.values():
-        names.append(task.name)
+        names.append((task.name, delay_queues(task.name)))
         if task.options.get("dead_letter", True):
-            names.append(dead_letter_queue(task.name))
-        policy = task.options.get("retries")
-        attempts = policy.max_attempts if policy is not None else 1
-        names += [retry_queue(task.name, n) for n in range(2, attempts + 1)]
-    names += list(app.rpcs)
+            names.append((dead_letter_queue(task.name), None))
+    names += [(name, None) for name in app.rpcs]
+    names.append((UNDELIVERABLE, None))
 
-    async def look(channel: ChannelLike) -> list[tuple[str, str, str]]:
-        rows = []
-        for name in names:
+    async def look(channel: ChannelLike) -> list[tuple[str, str, str, str]]:
+        async def declared(name: str) -> QueueDeclareOk | None:
+            nonlocal channel
             try:
-                ok = await channel.queue_declare(name, passive=True)
-                rows.append((name, f"{ok.message_count:,}", f"{ok.consumer_count}"))
-            except NotFoundError:
-                rows.append((name, "missing", ""))
+                return await channel.queue_declare(name, passive=True)
+            except NotFoundError:  # the broker closed the channel: go on with another
                 channel = await channel.connection.channel()
+                return None
+
+        rows = []
+        for name, ladder in names:
+            ok = await declared(name)
+            if ok is None:
+                rows += [] if name == UNDELIVERABLE else [(name, "missing", "", "")]
+                continue
+            waiting = [await declared(queue) for queue in ladder or ()]
+            delayed = "" if ladder is None else f"{sum(w.message_count for w in waiting if w):,}"
+            rows.append((name, f"{ok.message_count:,}", f"{ok.consumer_count}", delayed))
         return rows
 
     rows = _run(url, look)
-    click.echo(f"{'queue':<50} {'ready':>10} {'consumers':>10}")
-    for name, ready, consumers in rows:
-        click.echo(f"{name:<50} {ready:>10} {consumers:>10}")
+    click.echo(f"{'queue':<50} {'ready':>10} {'consumers':>10} {'delayed':>10}")
+    for name, ready, consumers, delayed in rows:
+        click.echo(f"{name:<50} {ready:>10} {consumers:>10} {delayed:>10}")
 
 
 @main.command(short_help="Run a worker and a callee, send tasks and calls, show the numbers.")

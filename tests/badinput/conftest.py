@@ -22,7 +22,7 @@ import pytest
 
 from leveret.amqp import Channel, Connection, Delivery, Properties, connect
 from leveret.amqp._codec import encode_shortstr
-from leveret.patterns import dead_letter_queue, retry_queue
+from leveret.patterns import dead_letter_queue, delay_queues
 from tests.conftest import AMQP_URL
 from tests.support.waiting import wait_until
 
@@ -111,13 +111,7 @@ async def queues(amqp_url: str) -> AsyncIterator[Queues]:
     async with await connect(AMQP_URL) as conn:
         channel = await conn.channel()
         for name in tracker.names:
-            # retry.-5 .. retry.7: a garbage attempt header must not make odd ones, but
-            # if one did, the test that shows it should not leave it behind either.
-            for queue in (
-                name,
-                dead_letter_queue(name),
-                *(retry_queue(name, n) for n in range(-5, 8)),
-            ):
+            for queue in (name, dead_letter_queue(name), *delay_queues(name)):
                 await channel.queue_delete(queue)
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leveret.amqp import Channel, Connection, Delivery, Properties, connect
-from leveret.patterns import Master, dead_letter_queue, retry_queue
+from leveret.patterns import Master, dead_letter_queue, delay_queues
 from leveret.serializers import media_type
 from tests.badinput.conftest import REASON, Ledger, drain, same_value, wait_for_count
 from tests.support.waiting import wait_until
@@ -192,7 +192,7 @@ class Harness:
     async def close(self) -> None:
         await self.worker_conn.close()
         try:
-            for queue in (self.task, dead_letter_queue(self.task), retry_queue(self.task, 2)):
+            for queue in (self.task, dead_letter_queue(self.task), *delay_queues(self.task)):
                 await self.sender.queue_delete(queue)
         finally:
             await self.sender_conn.close()

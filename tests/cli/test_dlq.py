@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from leveret import connect
-from leveret.patterns import Master, dead_letter_queue, list_dead_letters
+from leveret.patterns import Master, dead_letter_queue, delay_queues, list_dead_letters
 from tests.cli.conftest import base_env, leveret
 from tests.conftest import AMQP_URL
 from tests.support.waiting import wait_until
@@ -38,8 +38,8 @@ async def failed_task(amqp_url: str) -> AsyncIterator[str]:
         try:
             yield task
         finally:
-            await channel.queue_delete(task)
-            await channel.queue_delete(dead_letter_queue(task))
+            for queue in (task, dead_letter_queue(task), *delay_queues(task)):
+                await channel.queue_delete(queue)
 
 
 def _show(*args: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from leveret import App, connect
+from leveret.patterns import delay_queues
 from tests.cli.conftest import (
     Project,
     Reaper,
@@ -66,19 +67,21 @@ async def _consumers(queue: str) -> int:
 
 
 async def _served_by(project: Project, processes: int) -> None:
-    queue = f"{project.prefix}.record"
+    # The RPC method is served last, after every task's worker has started.
+    queues = [f"{project.prefix}.record", f"{project.prefix}.multiply"]
 
     async def all_consume() -> bool:
-        return await _consumers(queue) == processes
+        return all([await _consumers(queue) == processes for queue in queues])
 
-    await wait_until(all_consume, 15, f"{processes} processes to consume {queue}")
+    await wait_until(all_consume, 15, f"{processes} processes to consume {queues}")
 
 
 async def _delete_queues(project: Project) -> None:
     async with await connect(AMQP_URL) as conn:
         channel = await conn.channel()
         for name in ("record", "hog", "nap"):
-            for queue in (f"{project.prefix}.{name}", f"{project.prefix}.{name}.dlq"):
+            task = f"{project.prefix}.{name}"
+            for queue in (task, f"{task}.dlq", *delay_queues(task)):
                 await channel.queue_delete(queue)
         await channel.queue_delete(f"{project.prefix}.multiply")
 
@@ -226,7 +229,7 @@ def test_leveret_status_shows_the_queues_of_an_app(amqp_url: str, project: Proje
     status = leveret("status", "demoapp:app", env=project.env)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0].split() == ["queue", "ready", "consumers"]
+    assert lines[0].split() == ["queue", "ready", "consumers", "delayed"]
     assert lines[1].split() == [f"{project.prefix}.record", "missing"]
 
 

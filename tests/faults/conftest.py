@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from leveret.patterns import dead_letter_queue, parked_queue, retry_queue
+from leveret.patterns import dead_letter_queue, delay_queues, parked_queue
 from tests.conftest import AMQP_URL
 from tests.faults.support import delete_queues
 from tests.support.proxy import TCPProxy
@@ -87,7 +87,7 @@ def task_queues(name: str) -> list[str]:
         name,
         dead_letter_queue(name),
         parked_queue(name),
-        *(retry_queue(name, n) for n in range(2, 8)),
+        *delay_queues(name),
     ]
 
 

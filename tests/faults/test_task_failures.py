@@ -26,8 +26,8 @@ from leveret.patterns import (
     RetryPolicy,
     current_task,
     dead_letter_queue,
+    delay_queues,
     list_dead_letters,
-    retry_queue,
 )
 from tests.faults.processes import Spawned
 from tests.faults.support import (
@@ -102,8 +102,8 @@ async def test_a_task_that_keeps_raising_is_retried_then_dead_lettered_with_the_
         assert letter.exception_message == f"task {n} cannot be done"
         assert letter.traceback is not None and "ValueError" in letter.traceback
         assert letter.dead_lettered_at is not None
-    for attempt in (2, 3):  # the delay queues hold nothing once the retries ran
-        assert await declared(amqp_url, retry_queue(task_queue, attempt)) == (0, 0)
+    for queue in delay_queues(task_queue):  # they hold nothing once the retries ran
+        assert await declared(amqp_url, queue) == (0, 0)
     assert await declared(amqp_url, task_queue) == (0, 0)
 
 
@@ -147,7 +147,8 @@ async def test_a_task_that_hangs_past_its_time_limit_is_retried_then_dead_letter
         assert letter.reason == "failed after 2 attempts" and letter.attempts == 2
         assert letter.exception_type == "TimeoutError"
         assert letter.exception_message == (f"task {task_queue!r} ran longer than its 0.2 s limit")
-    assert await declared(amqp_url, retry_queue(task_queue, 2)) == (0, 0)
+    for queue in delay_queues(task_queue):
+        assert await declared(amqp_url, queue) == (0, 0)
     assert await declared(amqp_url, task_queue) == (0, 0)
 
 

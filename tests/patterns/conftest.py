@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from leveret.amqp import Channel, Delivery, connect
-from leveret.patterns import dead_letter_queue, parked_queue, retry_queue
+from leveret.patterns import dead_letter_queue, delay_queues, parked_queue
 from leveret.testing import MemoryBroker
 from tests.conftest import AMQP_URL
 from tests.support.waiting import wait_until
@@ -67,8 +67,8 @@ async def connection(connect_broker: ConnectBroker) -> Any:
 
 
 class Cleanup:
-    """Queue names a test creates; all deleted when it ends, with the dead-letter and
-    retry queues a worker may have made for them."""
+    """Queue names a test creates; all deleted when it ends, with the dead-letter,
+    parking and delay queues a worker may have made for them."""
 
     def __init__(self) -> None:
         self.queues: list[str] = []
@@ -91,7 +91,7 @@ async def cleanup(broker_kind: str) -> AsyncIterator[Cleanup]:
                 name,
                 dead_letter_queue(name),
                 parked_queue(name),
-                *(retry_queue(name, n) for n in range(2, 8)),
+                *delay_queues(name),
             ):
                 await channel.queue_delete(queue)
 

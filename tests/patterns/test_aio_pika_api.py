@@ -25,7 +25,7 @@ from leveret.patterns import (
     Master,
     RetryPolicy,
     dead_letter_queue,
-    retry_queue,
+    delay_queues,
 )
 from leveret.patterns import base as patterns_base
 from leveret.patterns import master as patterns_master
@@ -254,11 +254,11 @@ async def test_a_throwaway_worker_leaves_no_queue_of_its_own_after_it_closes(
     await master.create_task(unique)
     await wait_until(lambda: len(attempts) == 2 and worker.in_flight == 0, 10, "two attempts")
     assert await _exists(connection, dead_letter_queue(unique))
-    assert await _exists(connection, retry_queue(unique, 2))
+    assert all([await _exists(connection, queue) for queue in delay_queues(unique)])
     await worker.close()
     if throwaway == "exclusive":
         await master.channel.queue_delete(unique)  # exclusive queues go with the connection
-    for queue in (unique, dead_letter_queue(unique), retry_queue(unique, 2)):
+    for queue in (unique, dead_letter_queue(unique), *delay_queues(unique)):
         await _gone(connection, queue)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from leveret.amqp import Channel
 from leveret.exceptions import ConfigurationError, NoCurrentTaskError
-from leveret.patterns import Master, NackMessage, RetryPolicy, current_task, retry_queue
+from leveret.patterns import Master, NackMessage, RetryPolicy, current_task, delay_queues
 from tests.patterns.conftest import Cleanup, dead_letters
 from tests.support.waiting import wait_until
 
@@ -78,8 +78,14 @@ async def test_a_waiting_retry_holds_no_worker_slot_and_blocks_no_other_task(
         await master.create_task(unique, kwargs={"name": f"other{i}"})
     await wait_until(lambda: len(order) == 4, 5, "the other tasks")
     assert order == ["slow#1", "other0#1", "other1#1", "other2#1"]
-    waiting = await channel.queue_declare(retry_queue(unique, 2), passive=True)
-    assert waiting.message_count == 1  # the retry waits in its delay queue, not in a worker
+
+    async def retry_waits() -> bool:
+        counts = [await channel.queue_declare(queue, passive=True) for queue in ladder]
+        return sum(ok.message_count for ok in counts) == 1
+
+    ladder = delay_queues(unique)
+    # The retry waits in the task's delay queues, not in a worker.
+    await wait_until(retry_waits, 5, "the retry in the delay queues")
     await wait_until(lambda: order[-1:] == ["slow#2"], 5, "the retry")
 
 

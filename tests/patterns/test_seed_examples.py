@@ -31,7 +31,7 @@ import pytest
 import leveret
 from leveret.amqp import Connection, Delivery, QueueDeclareOk
 from leveret.exceptions import NotFoundError, RemoteError
-from leveret.patterns import REPLY_TO, Master, dead_letter_queue
+from leveret.patterns import REPLY_TO, Master, dead_letter_queue, delay_queues
 from tests.patterns.conftest import Cleanup
 from tests.support.waiting import wait_until
 
@@ -289,8 +289,8 @@ async def test_seed_master_publishes_2000_tasks_that_the_seed_worker_consumes(
 
         await _interrupt_and_expect_a_clean_exit(connection, worker, queue)
     finally:
-        await _delete_if_left(connection, queue)
-        await _delete_if_left(connection, dead_letter_queue(queue))
+        for left in (queue, dead_letter_queue(queue), *delay_queues(queue)):
+            await _delete_if_left(connection, left)
 
 
 async def test_seed_rpc_caller_prints_the_2000_products_from_the_seed_callee_in_order(

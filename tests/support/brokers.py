@@ -21,9 +21,10 @@ NODES_ROOT = Path("/tmp/leveret-nodes")
 
 MAX_NODES = 10  # per test process: indexes 0..9
 # Who uses which index, so that modules run in one process never share a node:
-#   0: tests/faults/test_broker_restart.py    3: tests/amqp/conftest.py (private_node)
-#   4: tests/amqp/test_tls.py                 5, 6, 7: tests/faults/test_cluster.py
-#   8: tests/faults/test_consumer_timeout.py      9: tests/amqp/test_message_size.py
+#   0: tests/faults/test_broker_restart.py    1: tests/faults/test_delayed_tasks.py
+#   3: tests/amqp/conftest.py (private_node)  4: tests/amqp/test_tls.py
+#   5, 6, 7: tests/faults/test_cluster.py     8: tests/faults/test_consumer_timeout.py
+#   9: tests/amqp/test_message_size.py
 
 
 def _base_port() -> int:

@@ -22,6 +22,7 @@ from ._base import Base, Proxy
 from ._call import DEFAULT_PREFETCH, DEFAULT_THREADS, KeywordCall
 from ._callee import DEADLINE_HEADER
 from ._deadletters import DeadLetter, list_dead_letters, replay_dead_letters
+from ._delay import MAX_DELAY, UNDELIVERABLE, delay_queues
 from ._master import CompressedJsonMaster, JsonMaster, Master
 from ._observe import (
     Kind,
@@ -38,7 +39,6 @@ from ._retry import (
     current_task,
     dead_letter_queue,
     parked_queue,
-    retry_queue,
 )
 from ._rpc import REPLY_TO, RPC, CompressedJsonRPC, JsonRPC, RPCMessageType
 from ._seam import GetChannel, PatternChannel, QueueType
@@ -49,8 +49,10 @@ __all__ = [
     "DEADLINE_HEADER",
     "DEFAULT_PREFETCH",
     "DEFAULT_THREADS",
+    "MAX_DELAY",
     "REPLY_TO",
     "RPC",
+    "UNDELIVERABLE",
     "Base",
     "CallInterruptedError",
     "CallRedeliveredError",
@@ -84,10 +86,10 @@ __all__ = [
     "current_task",
     "dead_letter_queue",
     "default_observers",
+    "delay_queues",
     "list_dead_letters",
     "parked_queue",
     "remove_observer",
     "replay_dead_letters",
-    "retry_queue",
     "serve",
 ]

@@ -19,6 +19,7 @@ from ._retry import (
     ATTEMPTS_HEADER,
     DEAD_LETTER_HEADERS,
     DEAD_LETTERED_AT_HEADER,
+    DEATH_HEADER_PREFIXES,
     DELIVERY_COUNT_HEADER,
     EXCEPTION_MESSAGE_HEADER,
     EXCEPTION_TYPE_HEADER,
@@ -167,6 +168,6 @@ def _fresh_headers(delivery: Delivery) -> dict[str, Any] | None:
         # The broker's own bookkeeping: a replayed task starts afresh (a stale
         # x-delivery-count would also stop a classic-queue worker counting redeliveries).
         and key != DELIVERY_COUNT_HEADER
-        and not key.startswith(("x-death", "x-first-death", "x-last-death"))
+        and not key.startswith(DEATH_HEADER_PREFIXES)
     }
     return headers or None

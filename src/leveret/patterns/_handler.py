@@ -286,7 +286,9 @@ class Handler:
         queue: str,
         headers: dict[str, Any],
         *,
+        exchange: str = "",
         expiration: int | None = None,
+        fresh: bool = False,
         declare: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """A copy of ``delivery`` to ``queue``, confirmed, then the original acked (see
@@ -296,7 +298,9 @@ class Handler:
             delivery,
             queue,
             headers,
+            exchange=exchange,
             expiration=expiration,
+            fresh=fresh,
             declare=declare,
             what=self._what(delivery),
         )

@@ -2,7 +2,8 @@
 
 Wire layout (as aio-pika's ``JsonMaster``): the task's keyword arguments,
 serialized, published to the default exchange with the task name as routing
-key, persistent, ``mandatory``, with a ``message_id``.
+key, persistent, ``mandatory``, with a ``message_id``. A delayed task goes to
+the delay ladder instead (see :mod:`._delay`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ..amqp import AsyncClosing
-from ..exceptions import MessageReturnedError, UnroutableError
+from ..amqp import AsyncClosing, Properties, ReturnedMessage
+from ..exceptions import (
+    ConfigurationError,
+    MessageReturnedError,
+    NotFoundError,
+    ResourceLockedError,
+    UnroutableError,
+)
 from ..serializers import JSON, Serializer
 from ._base import Base, CompressedJson, Duration, Proxy, keyword_arguments, milliseconds
 from ._call import KeywordCall
+from ._delay import declare_ladder, delay_seconds, route
 from ._observe import Observer, Observers
 from ._retry import RetryPolicy, dead_letter_queue
 from ._seam import PatternChannel, QueueType, is_quorum
@@ -38,6 +46,7 @@ class Master(Base, AsyncClosing):
         master = Master(channel)
         await master.create_worker("resize", resize, prefetch_count=32)
         await master.proxy.resize(path="a.png")  # returns once the broker has it
+        await master.create_task("resize", {"path": "b.png"}, delay=60)  # in a minute
 
     Tasks are persistent and ``mandatory``: a task nobody consumes raises
     :class:`~leveret.exceptions.UnroutableError` instead of vanishing. Worker
@@ -77,12 +86,17 @@ class Master(Base, AsyncClosing):
         self.workers: list[Worker] = []
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(6)
+        # Tasks whose delay ladder this master has declared (once per channel).
+        self._ladders: set[str] = set()
+        self._ladder_lock = asyncio.Lock()
 
     async def create_task(
         self,
         channel_name: str,
         kwargs: Mapping[str, Any] = MappingProxyType({}),
         *,
+        delay: float | datetime.timedelta | None = None,
+        eta: datetime.datetime | None = None,
         expiration: Duration | None = None,
         priority: int | None = None,
         headers: Mapping[str, Any] | None = None,
@@ -98,14 +112,23 @@ class Master(Base, AsyncClosing):
     ) -> None:
         """Publish a task; return once the broker has confirmed it.
 
+        ``delay`` (seconds or a timedelta) or ``eta`` (a timezone-aware datetime)
+        makes the task wait on the broker first (rounded up to 16 ms, never early;
+        at most :data:`~leveret.patterns.MAX_DELAY`, about 397 days): no worker
+        holds it meanwhile. ``delay=0``, ``None`` or an ``eta`` already past is an
+        ordinary task.
+
         ``expiration`` (seconds, a timedelta, or a datetime) drops the task if no
         worker takes it in time. The other keywords are the message properties
         aio-pika's ``create_task`` passes on to its ``Message``; ``delivery_mode=1``
         makes a task transient. ``message_id`` defaults to a unique id.
 
         Raises:
-            UnroutableError: no queue is bound for ``channel_name``.
-            ConfigurationError: ``kwargs`` is not a mapping.
+            UnroutableError: no queue is bound for ``channel_name`` (for a delayed
+                task: no queue of that name exists).
+            ConfigurationError: ``kwargs`` is not a mapping; ``delay`` and ``eta``
+                both given, a naive ``eta``, a delay negative or over the maximum,
+                or a delay with an ``expiration`` (it would cut the wait short).
             SerializationError: ``kwargs`` cannot be encoded (the message names the
                 argument that does not).
             PublishError, ChannelClosedError: the broker did not take it.
@@ -113,13 +136,31 @@ class Master(Base, AsyncClosing):
         # ``type`` is a message property here, as in aio-pika's create_task: hence __class__.
         if kwargs.__class__ is not dict:
             kwargs = keyword_arguments(kwargs, f"create_task({channel_name!r})")
+        seconds = None if delay is None and eta is None else delay_seconds(channel_name, delay, eta)
+        if seconds is not None and expiration is not None:
+            raise ConfigurationError(
+                f"create_task({channel_name!r}): expiration= cannot go with a delay "
+                "(the broker would expire the task while it waits)"
+            )
         body = self._encode(kwargs)
+        exchange, routing_key = "", channel_name
+        if seconds is not None:
+            if not await self._ensure_ladder(channel_name):
+                raise UnroutableError(
+                    f"no queue takes task {channel_name!r}: no worker ever declared it "
+                    "(there is no queue of that name for its delay to end in)",
+                    ReturnedMessage(
+                        312, "NO_ROUTE", "", channel_name, body, Properties(headers=headers)
+                    ),
+                )
+            exchange, routing_key = route(channel_name, seconds)
         if self.observers:
             headers = self.observers.send_headers("task", channel_name, dict(headers or {}))
         try:
             await self.channel.publish(
                 body,
-                routing_key=channel_name,
+                exchange=exchange,
+                routing_key=routing_key,
                 mandatory=True,
                 content_type=self.CONTENT_TYPE,
                 content_encoding=content_encoding,
@@ -143,6 +184,32 @@ class Master(Base, AsyncClosing):
                 f"(the broker returned it: {exc.message.reply_code} {exc.message.reply_text})",
                 exc.message,
             ) from exc
+
+    async def _ensure_ladder(self, task: str) -> bool:
+        """Declare ``task``'s delay ladder unless this master did already; whether
+        the task queue exists.
+
+        On a channel of its own: a task queue that does not exist makes the
+        broker close the channel that asked (404), and that must not be the
+        channel tasks are published on. An exclusive task queue cannot be bound
+        from here (405); its worker bound it and declared the ladder when it started.
+        """
+        if task in self._ladders:
+            return True
+        async with self._ladder_lock:
+            if task in self._ladders:
+                return True
+            side = await self.channel.connection.channel()
+            try:
+                await declare_ladder(side, task)
+            except NotFoundError:
+                return False
+            except ResourceLockedError:
+                pass  # an exclusive task queue: its worker's connection declared the ladder
+            finally:
+                await side.close()
+            self._ladders.add(task)
+            return True
 
     async def create_worker(
         self,
@@ -229,6 +296,10 @@ class Master(Base, AsyncClosing):
                 auto_delete=auto_delete,
                 arguments=None if passive else queue_arguments,
             )
+            if policy.max_attempts > 1 or exclusive:
+                # Its retries wait there; a sender declares it before a first delay, but
+                # cannot bind an exclusive queue of another connection (405).
+                await worker.declare_ladder()
             await worker.start()
         self.workers.append(worker)
         return worker

@@ -1,12 +1,11 @@
 """Retries with backoff, redelivery limits, and what a task can know about itself.
 
-A task that raises is retried by re-publishing it to a delay queue of its own
-(``<task>.retry.<attempt>``, durable) with a per-message TTL; the delay queue
-dead-letters it back to the task queue when the TTL runs out. The original
-delivery is acked only after the retry was confirmed, so a waiting retry never
-sits unacked in a worker and never blocks other tasks. One delay queue per
-attempt keeps TTLs in a queue alike (RabbitMQ expires messages at the head of a
-queue only).
+A task that raises is retried by re-publishing a copy of it to the delay
+ladder (see :mod:`._delay`), which hands it back to the task queue when its
+delay has passed; the copy keeps leveret's headers (the attempt it will be)
+but not the broker's dead-letter history. The original delivery is acked only
+after the copy was confirmed, so a waiting retry never sits unacked in a worker
+and never blocks other tasks.
 
 A delivery the broker redelivers (its worker crashed, its connection dropped,
 or it was requeued) counts as a redelivery; past ``max_redeliveries`` it goes to
@@ -23,6 +22,7 @@ from typing import Any
 
 from ..amqp import Delivery
 from ..exceptions import ConfigurationError, NoCurrentTaskError
+from ._delay import MAX_DELAY
 
 #: The attempt this delivery is (1 for the first run).
 ATTEMPT_HEADER = "x-leveret-attempt"
@@ -46,6 +46,8 @@ DROPPED_HEADER = "x-leveret-dropped"
 ORIGINAL_USER_ID_HEADER = "x-leveret-original-user-id"
 #: Set on a copy of a task parked while the same task still runs on its worker.
 PARKED_HEADER = "x-leveret-parked"
+#: The broker's dead-letter history (``x-death``, ``x-first-death-*``, ``x-last-death-*``).
+DEATH_HEADER_PREFIXES = ("x-death", "x-first-death", "x-last-death")
 
 DEAD_LETTER_HEADERS = (
     REASON_HEADER,
@@ -72,11 +74,6 @@ def parked_queue(task: str) -> str:
     return f"{task}.parked"
 
 
-def retry_queue(task: str, attempt: int) -> str:
-    """The delay queue that holds a task before its ``attempt``-th run."""
-    return f"{task}.retry.{attempt}"
-
-
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
     """How a worker retries tasks that raise, and tolerates redeliveries.
@@ -86,7 +83,8 @@ class RetryPolicy:
             (1: no retry). After the last, the task is dead-lettered.
         backoff: the delay before the second attempt, in seconds.
         factor: each further delay is ``factor`` times the previous one.
-        max_delay: the longest delay, in seconds.
+        max_delay: the longest delay, in seconds (at most
+            :data:`~leveret.patterns.MAX_DELAY`).
         jitter: a delay is shortened by a random fraction up to this (0..1), so
             retries of tasks that failed together do not come back together.
         max_redeliveries: redeliveries by the broker (worker crash, lost
@@ -108,6 +106,10 @@ class RetryPolicy:
             raise ConfigurationError(f"max_attempts={self.max_attempts} must be at least 1")
         if self.backoff < 0 or self.max_delay < 0 or self.factor < 1:
             raise ConfigurationError("backoff and max_delay must be >= 0 and factor >= 1")
+        if self.max_delay > MAX_DELAY:
+            raise ConfigurationError(
+                f"max_delay={self.max_delay} is longer than the longest delay, {MAX_DELAY:,.0f} s"
+            )
         if not 0 <= self.jitter <= 1:
             raise ConfigurationError(f"jitter={self.jitter} is outside 0..1")
         if self.max_redeliveries < 0:

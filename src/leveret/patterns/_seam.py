@@ -93,6 +93,15 @@ class PatternChannel(Protocol):
         arguments: Mapping[str, Any] | None = None,
     ) -> None: ...
 
+    async def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
     async def exchange_declare(
         self,
         exchange: str,

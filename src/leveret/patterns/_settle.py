@@ -13,7 +13,7 @@ from typing import Any
 
 from ..amqp import Delivery, Properties, SettleKind
 from ..exceptions import AMQPError, ConfigurationError, DeliveryError, MessageReturnedError
-from ._retry import DROPPED_HEADER, ORIGINAL_USER_ID_HEADER
+from ._retry import DEATH_HEADER_PREFIXES, DROPPED_HEADER, ORIGINAL_USER_ID_HEADER
 from ._seam import PatternChannel
 
 log = logging.getLogger("leveret.patterns")
@@ -48,26 +48,31 @@ async def move(
     queue: str,
     headers: dict[str, Any],
     *,
+    exchange: str = "",
     expiration: int | None = None,
+    fresh: bool = False,
     declare: Callable[[], Awaitable[None]] | None = None,
     what: str,
 ) -> bool:
     """Publish a copy of ``delivery`` to ``queue`` (confirmed), then ack the original.
 
-    ``headers`` are added to the copy's; ``expiration`` (ms) replaces its own.
+    ``queue`` is the routing key (on ``exchange``: by default the queue of that
+    name). ``headers`` are added to the copy's; ``expiration`` (ms) replaces its
+    own; ``fresh`` leaves out the broker's dead-letter history (``x-death`` and
+    the like: a copy that is dead-lettered again must not look like a cycle).
     If the copy's properties cannot be sent (see :func:`_copies`), a leaner copy
     is sent that names what it left out. If the queue is missing, ``declare()``
     is called and the publish tried once more. If the copy cannot be published,
     the original is requeued instead: a delivery is never acked before its copy
     is safe. Returns whether it moved.
     """
+    where = f"{exchange} ({queue})" if exchange else queue
     for attempt in (1, 2):
         try:
             if attempt == 2 and declare is not None:
                 await declare()
-            await _publish_first(
-                channel, delivery.body, queue, _copies(delivery, headers, expiration)
-            )
+            copies = _copies(delivery, headers, expiration, fresh)
+            await _publish_first(channel, delivery.body, exchange, queue, copies)
             break
         except MessageReturnedError as exc:
             if attempt == 1 and declare is not None:
@@ -75,15 +80,19 @@ async def move(
             error: Exception = exc
         except (AMQPError, ConfigurationError) as exc:
             error = exc
-        log.warning("%s could not be moved to %s (%s); requeued", what, queue, error)
+        log.warning("%s could not be moved to %s (%s); requeued", what, where, error)
         settle(delivery, "nack", requeue=True, what=what)
         return False
-    settle(delivery, "ack", what=f"{what} moved to {queue}, but")
+    settle(delivery, "ack", what=f"{what} moved to {where}, but")
     return True
 
 
 async def _publish_first(
-    channel: PatternChannel, body: bytes, queue: str, copies: Iterator[Properties]
+    channel: PatternChannel,
+    body: bytes,
+    exchange: str,
+    routing_key: str,
+    copies: Iterator[Properties],
 ) -> None:
     """Publish ``body`` with the first of ``copies`` that the channel can send.
 
@@ -93,7 +102,13 @@ async def _publish_first(
     """
     for properties in copies:
         try:
-            await channel.publish(body, routing_key=queue, mandatory=True, properties=properties)
+            await channel.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                mandatory=True,
+                properties=properties,
+            )
             return
         except ConfigurationError as exc:  # nothing was sent: try a leaner copy
             error = exc
@@ -101,7 +116,7 @@ async def _publish_first(
 
 
 def _copies(
-    delivery: Delivery, added: dict[str, Any], expiration: int | None
+    delivery: Delivery, added: dict[str, Any], expiration: int | None, fresh: bool
 ) -> Iterator[Properties]:
     """The properties for a copy of ``delivery``: exact first, then leaner ones.
 
@@ -115,6 +130,10 @@ def _copies(
     """
     original = delivery.properties
     own = original.headers or {}
+    if fresh:
+        own = {
+            key: value for key, value in own.items() if not key.startswith(DEATH_HEADER_PREFIXES)
+        }
     if original.user_id is not None:
         # The broker checks user_id against who publishes, and the copy is ours: the
         # sender's id travels as a header instead.

@@ -4,7 +4,7 @@ Outcomes of a delivery:
 
 - the function returns: ack;
 - it raises and the retry policy allows another attempt: re-publish to the
-  delay queue for that attempt (confirmed), then ack;
+  delay ladder for the policy's delay (confirmed), then ack;
 - it raises for the last time, raises ``RejectMessage``/``NackMessage`` without
   requeue, or the task cannot be decoded or does not fit the function: publish
   to ``<task>.dlq`` with headers saying why (confirmed), then ack;
@@ -26,8 +26,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..amqp import Delivery
-from ..exceptions import AMQPError, MessageProcessingError, RejectMessage, SerializationError
+from ..exceptions import (
+    AMQPError,
+    ConfigurationError,
+    MessageProcessingError,
+    RejectMessage,
+    SerializationError,
+)
 from ._call import KeywordCall
+from ._delay import addressed, check_name, declare_ladder, route
 from ._handler import Handler, Result
 from ._observe import (
     DEAD_LETTERED,
@@ -55,7 +62,6 @@ from ._retry import (
     dead_letter_queue,
     int_header,
     parked_queue,
-    retry_queue,
 )
 from ._seam import PatternChannel, QueueType
 from ._settle import settle
@@ -106,9 +112,15 @@ class Worker(Handler):
         self.reject_on_redelivered = reject_on_redelivered
         self._decode = decode
         self._queue_type = queue_type
-        # An auto-delete or exclusive worker's dead-letter and retry queues go with it.
+        # An auto-delete or exclusive worker's dead-letter and delay queues go with it.
         self._throwaway = throwaway
         self._own_queues: set[str] = set()
+        # Why this task's name cannot go on the delay ladder (None: it can).
+        self._undelayable: str | None = None
+        try:
+            check_name(self.name)
+        except ConfigurationError as exc:
+            self._undelayable = str(exc)
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop consuming; tasks already running finish first.
@@ -116,7 +128,7 @@ class Worker(Handler):
         Tasks received but not started go back to the queue at once. After
         ``timeout`` seconds the tasks still running are cancelled and requeued;
         nothing is acked that did not finish. A throwaway worker (``auto_delete``
-        or ``exclusive``) then deletes the dead-letter and retry queues it made.
+        or ``exclusive``) then deletes the dead-letter and delay queues it made.
         Idempotent.
         """
         closing = not self._closed
@@ -164,9 +176,22 @@ class Worker(Handler):
         )
         return REQUEUED
 
+    async def declare_ladder(self) -> None:
+        """Declare the delay ladder and this task's delay queues (see :mod:`._delay`),
+        which retries and delayed tasks wait in; for a name that cannot be delayed,
+        log why (its tasks are not retried, a failure dead-letters them).
+
+        Raises:
+            BrokerError: the broker refused a declaration.
+        """
+        if self._undelayable is not None:
+            log.warning("%s; a task of it that fails is not retried", self._undelayable)
+            return
+        self._own_queues.update(await declare_ladder(self.channel, self.name))
+
     async def declare(self, queue: str) -> None:
-        """Declare this worker's dead-letter queue, one of its retry queues or its parking
-        queue (those two dead-letter back to the task queue)."""
+        """Declare this worker's dead-letter queue or its parking queue (which
+        dead-letters back to the task queue)."""
         if queue == dead_letter_queue(self.name):
             # The same type as the task queue: a quorum task queue dead-letters into it
             # itself, and a re-declare of another type would fail with 406.
@@ -230,7 +255,8 @@ class Worker(Handler):
     async def _failed(
         self, delivery: Delivery, error: BaseException, attempt: int, redeliveries: int
     ) -> Outcome:
-        if self.retries.should_retry(attempt, error):
+        retry = self.retries.should_retry(attempt, error)
+        if retry and self._undelayable is None:
             delay = self.retries.delay(attempt + 1)
             self._log(
                 logging.WARNING,
@@ -241,13 +267,14 @@ class Worker(Handler):
                 delay,
                 attempt=attempt,
             )
-            queue = retry_queue(self.name, attempt + 1)
+            exchange, key = route(self.name, delay) if delay > 0 else ("", self.name)
             moved = await self._move(
                 delivery,
-                queue,
+                key,
                 {ATTEMPT_HEADER: attempt + 1},
-                expiration=max(1, int(delay * 1000)),
-                declare=lambda: self.declare(queue),
+                exchange=exchange,
+                fresh=True,
+                declare=self.declare_ladder,
             )
             return RETRIED if moved else REQUEUED
         again = self.reject_on_redelivered and redeliveries > 0
@@ -267,6 +294,8 @@ class Worker(Handler):
             reason = f"failed again after {redeliveries} redelivery(s) (reject_on_redelivered)"
         else:
             reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}"
+            if retry:
+                reason += f", not retried: {self._undelayable}"
         outcome = await self._dead_letter(delivery, reason, attempt, error)
         return FAILED if outcome == DEAD_LETTERED else outcome
 
@@ -283,11 +312,12 @@ class Worker(Handler):
             self._log(level, delivery, "rejected without requeue: %s", reason, attempt=attempt)
             settle(delivery, "reject", what=self._what(delivery))
             return REJECTED
+        exchange, routing_key = addressed(delivery, self.name)
         headers: dict[str, Any] = {
             REASON_HEADER: reason[:2000],  # reasons quote what they reject: keep the header bounded
             ATTEMPTS_HEADER: attempt,
-            ORIGINAL_EXCHANGE_HEADER: delivery.exchange,
-            ORIGINAL_ROUTING_KEY_HEADER: delivery.routing_key,
+            ORIGINAL_EXCHANGE_HEADER: exchange,
+            ORIGINAL_ROUTING_KEY_HEADER: routing_key,
             DEAD_LETTERED_AT_HEADER: int(time.time()),
         }
         if error is not None:

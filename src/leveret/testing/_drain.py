@@ -36,11 +36,11 @@ async def drain(
         await drain("images.resize", broker=leveret_broker)
 
     A queue is drained when it has no ready and no unacked message; a worker when
-    it holds no task. With ``retries`` (the default) a task waiting in a retry
-    queue (``<task>.retry.<n>``) is still pending: it comes back once its delay (on
-    the event loop's clock) runs out, so give retry policies short delays in
-    tests. Dead-letter queues are where tasks end; they are not waited for. It
-    waits for the broker to change state, never polls.
+    it holds no task. With ``retries`` (the default) a task waiting in its delay
+    queues (``<task>.delay.<level>``: a retry or a delayed task) is still pending:
+    it comes back once its delay (on the event loop's clock) runs out, so give
+    retry policies short delays in tests. Dead-letter queues are where tasks end;
+    they are not waited for. It waits for the broker to change state, never polls.
 
     Raises:
         TimeoutError: still not drained after ``timeout`` seconds; the message
@@ -74,7 +74,7 @@ async def drain(
     def pending() -> list[str]:
         assert broker is not None
         left = []
-        for name in _with_retry_queues(broker, names) if retries else names:
+        for name in _with_delay_queues(broker, names) if retries else names:
             queue = broker.queues.get(name)
             if queue is not None and (queue.message_count or queue.unacked_count):
                 left.append(
@@ -133,10 +133,10 @@ def _broker_of(channel: object) -> MemoryBroker:
     return _channel_of(channel)._broker
 
 
-def _with_retry_queues(broker: MemoryBroker, names: Iterable[str]) -> list[str]:
-    """The queues plus their retry delay queues (``<task>.retry.<n>``) that exist now."""
+def _with_delay_queues(broker: MemoryBroker, names: Iterable[str]) -> list[str]:
+    """The queues plus their delay queues (``<task>.delay.<level>``) that exist now."""
     wanted = list(names)
-    patterns = [re.compile(re.escape(name) + r"\.retry\.\d+") for name in wanted]
+    patterns = [re.compile(re.escape(name) + r"\.delay\.\d+") for name in wanted]
     wanted.extend(
         queue for queue in broker.queues if any(pattern.fullmatch(queue) for pattern in patterns)
     )
