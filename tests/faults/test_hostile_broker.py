@@ -7,6 +7,8 @@ proxy injects the bad bytes between two of the broker's frames while tasks are i
 flight. The sender must fail its connection once, with one error log line that
 names the problem, reconnect, and go on: every confirmed task runs, none twice,
 and no exception escapes the protocol (asyncio's "data_received() call failed").
+The last case puts the worker behind the proxy instead: every task runs, and only a
+redelivery runs one again.
 """
 
 from __future__ import annotations
