@@ -7,6 +7,8 @@ proxy injects the bad bytes between two of the broker's frames while tasks are i
 flight. The sender must fail its connection once, with one error log line that
 names the problem, reconnect, and go on: every confirmed task runs, none twice,
 and no exception escapes the protocol (asyncio's "data_received() call failed").
+The last case puts the worker behind the proxy instead: every task runs, and only a
+redelivery runs one again.
 """
 
 from __future__ import annotations
@@ -90,14 +92,17 @@ async def run_injected(
     figures: dict[str, Any],
     heartbeat: int = 60,
     before: int = 200,
+    at_worker: bool = False,
 ) -> list[str]:
-    """Send ``before`` tasks, then a stream; inject ``bad`` while it flows; wait for the
-    sender to be back (a task confirmed on its new connection) and every confirmed task
-    to run. Fills ``figures``; returns the leveret error log lines."""
+    """Send ``before`` tasks, then a stream; inject ``bad`` toward the sender (or,
+    ``at_worker``, toward the worker) while it flows; wait for it to be back (a task
+    sent after the injection confirmed, or run) and every confirmed task to run.
+    Fills ``figures``; returns the leveret error log lines."""
     caplog.set_level(logging.INFO)
     ledger = Ledger()
-    worker_conn = await robust(amqp_url)
-    sender: RobustConnection = await robust(f"{proxy.url}?heartbeat={heartbeat}")
+    hostile = f"{proxy.url}?heartbeat={heartbeat}"
+    worker_conn: RobustConnection = await robust(hostile if at_worker else amqp_url)
+    sender: RobustConnection = await robust(amqp_url if at_worker else hostile)
     try:
         worker = Master(await worker_conn.channel())
         await worker.create_worker(queue, recording_task(ledger, 0))
@@ -120,21 +125,30 @@ async def run_injected(
                     ledger.unconfirmed.add(probe)
                     ledger.publish_errors[type(exc).__name__] += 1
                     probe += 1
-        recovered = time.monotonic() - injected
         ledger.confirmed.add(probe)
+        await wait_until(lambda: probe in ledger.runs, 60, "a task sent after the injection ran")
+        recovered = time.monotonic() - injected
         stop.set()
         await stream
         await wait_until(ledger.all_confirmed_processed, 60, "every confirmed task ran")
-        await asyncio.sleep(0.2)  # a duplicate would come now (none should)
+        # Closing the worker gives back whatever it holds unacked: a run whose ack was
+        # lost would show as a message left in the queue.
+        await worker_conn.close()
+        left = (await (await sender.channel()).queue_declare(queue, passive=True)).message_count
     finally:
         await sender.close()
         await worker_conn.close()
     figures.update(ledger.figures())
     figures["recover_seconds"] = round(recovered, 2)
     figures["connections"] = proxy.connections
-    assert proxy.connections == 2, "the sender did not reconnect exactly once"
+    figures["left_in_queue"] = left
+    assert proxy.connections == 2, "the connection through the proxy did not reconnect once"
     assert not ledger.lost, sorted(ledger.lost)[:20]
-    assert ledger.duplicates == 0, sorted(ledger.duplicated)[:20]
+    assert left == 0, f"{left} tasks came back unacked"
+    if at_worker:  # tasks that finished after the connection failed cannot be acked: they run again
+        assert ledger.duplicated <= ledger.redelivered, "a task ran twice without a redelivery"
+    else:
+        assert ledger.duplicates == 0, sorted(ledger.duplicated)[:20]
     assert set(ledger.publish_errors) <= {"PublishNotConfirmedError"}, ledger.publish_errors
     escaped = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
     assert not escaped, escaped[0].getMessage()
@@ -216,6 +230,27 @@ async def test_a_malformed_frame_takes_the_one_protocol_error_path_and_work_goes
         caplog=caplog,
         figures=figures,
         before=50,
+    )
+    assert len(errors) == 1, errors
+    assert "protocol error" in errors[0] and words in errors[0], errors[0]
+
+
+async def test_a_malformed_frame_at_a_worker_fails_its_connection_and_every_task_still_runs(
+    amqp_url: str,
+    proxy: TCPProxy,
+    task_queue: str,
+    caplog: pytest.LogCaptureFixture,
+    figures: dict[str, Any],
+) -> None:
+    bad, words = MALFORMED["body-longer-than-announced"]
+    errors = await run_injected(
+        amqp_url=amqp_url,
+        proxy=proxy,
+        queue=task_queue,
+        bad=bad,
+        caplog=caplog,
+        figures=figures,
+        at_worker=True,
     )
     assert len(errors) == 1, errors
     assert "protocol error" in errors[0] and words in errors[0], errors[0]
