@@ -15,12 +15,17 @@
             assert done == ["a.png"]
 
 Its channels implement the pattern seam (:class:`leveret.patterns.PatternChannel`)
-with RabbitMQ's semantics: routing by queue name (and direct, fanout and topic
-exchanges), declare equivalence and its errors, acks, nack/reject with requeue,
-per-consumer prefetch and round-robin, message and queue TTLs with
-dead-lettering and ``x-death``, quorum queues with delivery limits, mandatory
-returns, publisher confirms, direct reply-to and ``basic.get``. So Master/Worker,
-RPC, retries, dead-letter queues and the dead-letter tools run unchanged.
+with RabbitMQ 3.10's semantics: routing by queue name, direct, fanout, topic and
+headers exchanges, exchange-to-exchange bindings, alternate and internal
+exchanges, declare equivalence and argument checks with RabbitMQ's errors, acks,
+nack/reject with requeue, prefetch, consumer priorities, single active
+consumer, transactions, message and queue TTLs with dead-lettering and
+``x-death``, ``x-expires``, quorum queues with delivery limits, mandatory
+returns, publisher confirms, direct reply-to and ``basic.get``. What it does
+not do it refuses (540, "not supported by the in-memory broker"), never
+ignores. So Master/Worker, RPC, retries, dead-letter queues and the
+dead-letter tools run unchanged. :meth:`MemoryBroker.advance` moves its clock
+on, so hours of TTLs pass in a test at once.
 
 With pytest, the plugin :mod:`leveret.testing.pytest_plugin` (registered as an
 entry point) provides fixtures: ``leveret_broker``, ``leveret_url``,

@@ -10,38 +10,32 @@ the old one is closed (a broker shared by tests that each run their own loop).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..amqp import QueueDeclareOk
 from ..exceptions import ConfigurationError
+from ._clock import Clock
 from ._errors import (
     Refusal,
     describe_arg,
     flag,
     inequivalent,
     locked,
-    no_exchange,
     no_queue,
     not_implemented,
     reserved,
     type_class,
 )
+from ._exchanges import REPLY_TO, REPLY_TO_PREFIX, Exchanges, route
 from ._message import StoredMessage, dead_lettered_properties, is_dead_letter_cycle
 from ._queue import MemoryQueue
+from ._validation import CAPABILITIES, check_classic_settings, check_queue_arguments
 
 if TYPE_CHECKING:
     from ._connection import MemoryConnection
-
-#: Direct reply-to: the pseudo-queue a caller consumes, and the prefix of its real names.
-REPLY_TO = "amq.rabbitmq.reply-to"
-REPLY_TO_PREFIX = REPLY_TO + "."
-
-EXCHANGE_TYPES = ("direct", "fanout", "topic")
-PREDECLARED = {"amq.direct": "direct", "amq.fanout": "fanout", "amq.topic": "topic"}
 
 # Arguments RabbitMQ compares when a queue is declared again (others are ignored).
 EQUIVALENT_ARGS = (
@@ -55,31 +49,15 @@ EQUIVALENT_ARGS = (
     "x-max-priority",
     "x-message-ttl",
     "x-overflow",
+    "x-queue-master-locator",
     "x-queue-mode",
     "x-queue-type",
+    "x-queue-version",
     "x-single-active-consumer",
 )
 
 
-@dataclasses.dataclass(eq=False)
-class Exchange:
-    name: str
-    type: str
-    durable: bool = True
-    auto_delete: bool = False
-    bindings: list[tuple[MemoryQueue, str]] = dataclasses.field(default_factory=list)
-
-    def route(self, routing_key: str) -> list[MemoryQueue]:
-        if self.type == "fanout":
-            matches = [queue for queue, _ in self.bindings]
-        elif self.type == "topic":
-            matches = [queue for queue, key in self.bindings if _topic_match(key, routing_key)]
-        else:
-            matches = [queue for queue, key in self.bindings if key == routing_key]
-        return list(dict.fromkeys(matches))  # a queue bound twice gets one copy
-
-
-class MemoryBroker:
+class MemoryBroker(Exchanges):
     """An in-memory RabbitMQ for tests: one vhost with its exchanges and queues.
 
     ``await broker.connect()`` (or :func:`connect_memory`) opens a connection whose
@@ -92,9 +70,9 @@ class MemoryBroker:
     def __init__(self, name: str = "") -> None:
         self.name = name
         self._queues: dict[str, MemoryQueue] = {}
-        self._exchanges: dict[str, Exchange] = {
-            name: Exchange(name, kind) for name, kind in PREDECLARED.items()
-        }
+        self._init_exchanges()
+        #: Broker time: every expiry reads it (see :meth:`advance`).
+        self.clock = Clock()
         self._replies: dict[str, MemoryQueue] = {}
         self._connections: set[MemoryConnection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,6 +124,7 @@ class MemoryBroker:
             for connection in list(self._connections):  # their loop is gone, so are they
                 connection._abandon()
         self._loop = loop
+        self.clock.bind(loop)
         self._waiters.clear()
         for queue in self._queues.values():
             queue.rebind()
@@ -196,6 +175,7 @@ class MemoryBroker:
             if name == REPLY_TO:
                 return QueueDeclareOk(name, 0, 0)
             queue = self._queue(name, connection)
+            queue.used()
             return QueueDeclareOk(name, queue.ready_count(), queue.consumer_count)
         if not name:
             name = "amq.gen-" + secrets.token_urlsafe(16)[:22]
@@ -206,8 +186,11 @@ class MemoryBroker:
             if not existing.owned_by(connection) or existing.exclusive != exclusive:
                 raise locked(name)
             self._check_equivalent(existing, durable, auto_delete, arguments)
+            existing.used()
             return QueueDeclareOk(name, existing.ready_count(), existing.consumer_count)
         queue_type = arguments.get("x-queue-type", "classic")
+        if queue_type in CAPABILITIES:
+            check_queue_arguments(name, queue_type, arguments)
         if queue_type == "quorum":
             for invalid, prop in (
                 (not durable, "non-durable"),
@@ -228,6 +211,7 @@ class MemoryBroker:
                 f"PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{name}' in vhost "
                 f"'/': \"unsupported queue type '{queue_type}'\"",
             )
+        check_classic_settings(name, arguments)
         queue = MemoryQueue(
             self,
             name,
@@ -272,11 +256,7 @@ class MemoryBroker:
         count = queue.message_count
         if self._queues.get(queue.name) is queue:
             del self._queues[queue.name]
-        for exchange in list(self._exchanges.values()):
-            kept = [(q, key) for q, key in exchange.bindings if q is not queue]
-            if len(kept) != len(exchange.bindings):
-                exchange.bindings = kept
-                self._maybe_auto_delete(exchange)
+        self._drop_bindings_to(queue)
         for subscription in queue.delete():
             subscription.channel._broker_cancelled(subscription)
         self._changed()
@@ -314,107 +294,34 @@ class MemoryBroker:
         self._replies.pop(queue.name, None)
         queue.delete()
 
-    # -- exchanges and bindings -------------------------------------------------------
-
-    def _exchange(self, name: str) -> Exchange:
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            raise no_exchange(name)
-        return exchange
-
-    def declare_exchange(
-        self, name: str, kind: str, *, passive: bool, durable: bool, auto_delete: bool
-    ) -> None:
-        """``exchange.declare`` of a direct, fanout or topic exchange.
-
-        Raises:
-            Refusal: 404 (passive, missing), 406 (inequivalent), 403 (the default
-                exchange, ``amq.`` prefix), 503 (unknown type: closes the
-                connection), 540 (headers exchanges).
-        """
-        if not name:
-            raise Refusal(403, "ACCESS_REFUSED - operation not permitted on the default exchange")
-        if passive:
-            self._exchange(name)
-            return
-        if kind == "headers":
-            raise not_implemented("headers exchanges")
-        if kind not in EXCHANGE_TYPES:
-            raise Refusal(503, f"COMMAND_INVALID - unknown exchange type '{kind}'")
-        if name.startswith("amq."):
-            raise reserved("exchange", name)
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            self._exchanges[name] = Exchange(name, kind, durable, auto_delete)
-            return
-        if kind != exchange.type:
-            raise inequivalent("exchange", name, "type", f"'{kind}'", f"'{exchange.type}'")
-        for arg, theirs, mine in (
-            ("durable", durable, exchange.durable),
-            ("auto_delete", auto_delete, exchange.auto_delete),
-        ):
-            if theirs != mine:
-                raise inequivalent("exchange", name, arg, flag(theirs), flag(mine))
-
-    def delete_exchange(self, name: str, *, if_unused: bool) -> None:
-        if not name:
-            raise Refusal(403, "ACCESS_REFUSED - operation not permitted on the default exchange")
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            return
-        if if_unused and exchange.bindings:
-            raise Refusal(406, f"PRECONDITION_FAILED - exchange '{name}' in vhost '/' in use")
-        del self._exchanges[name]
-
-    def bind(self, connection: object, queue_name: str, exchange_name: str, key: str) -> None:
-        if not exchange_name:
-            raise Refusal(403, "ACCESS_REFUSED - operation not permitted on the default exchange")
-        queue = self._queue(queue_name, connection)
-        exchange = self._exchange(exchange_name)
-        if (queue, key) not in exchange.bindings:
-            exchange.bindings.append((queue, key))
-
-    def unbind(self, connection: object, queue_name: str, exchange_name: str, key: str) -> None:
-        if not exchange_name:
-            raise Refusal(403, "ACCESS_REFUSED - operation not permitted on the default exchange")
-        queue = self._queue(queue_name, connection)
-        exchange = self._exchange(exchange_name)
-        if (queue, key) in exchange.bindings:
-            exchange.bindings.remove((queue, key))
-            self._maybe_auto_delete(exchange)
-
-    def _maybe_auto_delete(self, exchange: Exchange) -> None:
-        if exchange.auto_delete and not exchange.bindings:
-            self._exchanges.pop(exchange.name, None)
-
-    # -- routing ----------------------------------------------------------------------
-
-    def route(self, exchange_name: str, routing_key: str) -> list[MemoryQueue]:
-        """The queues a message goes to (404 if the exchange does not exist)."""
-        if not exchange_name:
-            if routing_key.startswith(REPLY_TO_PREFIX):
-                reply = self._replies.get(routing_key)
-                return [reply] if reply is not None else []
-            queue = self._queues.get(routing_key)
-            return [queue] if queue is not None else []
-        return self._exchange(exchange_name).route(routing_key)
-
     def publish(
         self,
         exchange: str,
-        routing_key: str,
+        routing_keys: list[str],
+        headers: Mapping[str, Any],
         body: bytes,
         encoded: bytes,
         ttl: int | None,
-    ) -> tuple[bool, bool]:
-        """Route and enqueue; returns (routed to any queue, refused by any queue)."""
-        targets = self.route(exchange, routing_key)
-        refused = False
-        for queue in targets:
-            if not queue.enqueue(body, encoded, exchange, routing_key, ttl):
-                refused = True
-        self._changed()
-        return bool(targets), refused
+    ) -> tuple[list[MemoryQueue], Callable[[], bool]]:
+        """Route a message now; returns the queues it goes to, and the function that
+        puts it there (which returns whether any queue refused it). A transaction
+        calls that at commit; a plain publish at once.
+
+        Raises:
+            Refusal: 404 (no such exchange), 403 (an internal exchange).
+        """
+        targets = self.route(exchange, routing_keys, headers)
+        routing_key = routing_keys[0]
+
+        def enqueue() -> bool:
+            refused = False
+            for queue in targets:
+                if not queue.enqueue(body, encoded, exchange, routing_key, ttl):
+                    refused = True
+            self._changed()
+            return refused
+
+        return targets, enqueue
 
     def _dead_letter(self, message: StoredMessage, queue: MemoryQueue, reason: str) -> None:
         """Send a message that left ``queue`` for ``reason`` to its dead-letter exchange.
@@ -423,17 +330,82 @@ class MemoryBroker:
         message is dropped, as RabbitMQ drops it.
         """
         arguments = queue.arguments
-        exchange = arguments.get("x-dead-letter-exchange")
-        if not isinstance(exchange, str) or (exchange and exchange not in self._exchanges):
+        exchange_name = arguments.get("x-dead-letter-exchange")
+        if not isinstance(exchange_name, str):
             return
         key = arguments.get("x-dead-letter-routing-key")
         routing_key = key if isinstance(key, str) else message.routing_key
-        properties, deaths = dead_lettered_properties(message, queue.name, reason)
+        properties, deaths = dead_lettered_properties(
+            message, queue.name, reason, self.clock.wall()
+        )
+        if exchange_name:
+            exchange = self._exchanges.get(exchange_name)
+            if exchange is None:
+                return
+            # Not self.route: the broker itself may dead-letter to an internal exchange.
+            targets = route(exchange, [routing_key], properties.headers or {}, self._exchanges.get)
+        else:
+            targets = self.route("", [routing_key], {})
         encoded = properties.encode()
-        for target in self.route(exchange, routing_key):
+        for target in targets:
             if is_dead_letter_cycle(target.name, deaths, reason):
                 continue
-            target.enqueue(message.body, encoded, exchange, routing_key, None)
+            target.enqueue(message.body, encoded, exchange_name, routing_key, None)
+
+    # -- time -------------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Move the broker's clock ``seconds`` forward, and do at once all it would do
+        meanwhile: expire messages (queue and per-message TTLs), dead-letter them,
+        delete queues past their ``x-expires``, in the order they fall due.
+
+        So a test of a one-hour delay runs in milliseconds::
+
+            await channel.publish(b"later", routing_key="wait", expiration=3_600_000)
+            broker.advance(3600)   # the message has expired (and was dead-lettered)
+
+        Each expiry happens at its own time: a message dead-lettered into a queue
+        with a TTL of its own expires from there later within the same advance if
+        that time has come. Consumers with room get each message as it arrives
+        (their callbacks are called from within ``advance``; ``async def`` ones
+        run as tasks afterwards), so it cannot expire in a consumed queue meanwhile.
+        The loop's real clock still runs too (short TTLs expire without ``advance``).
+
+        Raises:
+            ConfigurationError: ``seconds`` is negative (time does not go back).
+        """
+        if seconds < 0:
+            raise ConfigurationError(f"advance({seconds}) would move time back")
+        clock = self.clock
+        target = clock.now() + seconds
+        try:
+            while True:
+                due = [(queue.next_due(), queue) for queue in list(self._queues.values())]
+                pending = [(when, queue) for when, queue in due if when is not None]
+                if not pending:
+                    break
+                when, queue = min(pending, key=lambda item: item[0])
+                if when > target:
+                    break
+                clock.hold(when)
+                queue.run_due()
+                self._dispatch_pending()
+            clock.hold(target)
+            for queue in list(self._queues.values()):
+                queue.run_due()
+            self._dispatch_pending()
+        finally:
+            clock.release()
+        for queue in list(self._queues.values()):
+            queue.rearm()  # the loop time of what is due next has moved
+        self._changed()
+
+    def _dispatch_pending(self) -> None:
+        """Hand out now what waits for a dispatch (within :meth:`advance`, whose time
+        moves on before the loop would have run them)."""
+        for queue in list(self._queues.values()):
+            if queue.dispatch_pending:
+                queue.run_due()
 
     # -- connections ------------------------------------------------------------------
 
@@ -443,18 +415,3 @@ class MemoryBroker:
         for queue in list(self._queues.values()):
             if queue.exclusive and queue.owned_by(connection):
                 self._delete_queue(queue)
-
-
-def _topic_match(pattern: str, key: str) -> bool:
-    """AMQP topic matching: ``*`` is one word, ``#`` zero or more."""
-
-    def match(p: list[str], k: list[str]) -> bool:
-        if not p:
-            return not k
-        if p[0] == "#":
-            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
-        if not k:
-            return False
-        return (p[0] == "*" or p[0] == k[0]) and match(p[1:], k[1:])
-
-    return match(pattern.split("."), key.split("."))

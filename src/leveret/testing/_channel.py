@@ -12,6 +12,8 @@ the channel closes; a confirming publish returns once the broker took the messag
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 
 from ..amqp import (
@@ -26,10 +28,12 @@ from ..amqp import (
     resolve_confirm,
 )
 from ..exceptions import ConfigurationError
-from ._broker import REPLY_TO
 from ._channel_core import ChannelCore, log
-from ._errors import Refusal, not_implemented
+from ._errors import Refusal
+from ._exchanges import REPLY_TO
 from ._message import decode, normalize_table
+from ._transaction import Transaction
+from ._validation import MAX_TTL
 
 if TYPE_CHECKING:
     from ._connection import MemoryConnection
@@ -42,9 +46,8 @@ class MemoryChannel(ChannelCore, Declarations):
 
     Implements :class:`leveret.patterns.PatternChannel` and the rest of
     :class:`leveret.amqp.Channel`'s API that tests use (``get``, ``iterate``,
-    ``qos``, declares, bindings, purge, delete). Exchange-to-exchange bindings
-    are not implemented: ``exchange_bind`` and ``exchange_unbind`` raise
-    :class:`~leveret.exceptions.NotImplementedByBrokerError` (and close the channel).
+    ``qos``, declares, bindings (exchange-to-exchange ones too), purge, delete)
+    and transactions (``tx_select``, ``tx_commit``, ``tx_rollback``).
     """
 
     def __init__(self, connection: MemoryConnection, number: int, publisher_confirms: bool) -> None:
@@ -60,6 +63,8 @@ class MemoryChannel(ChannelCore, Declarations):
         broker, connection = self._broker, self._connection
         if method == "queue.declare":  # as the broker receives them (raises as the client would)
             arguments = normalize_table(args["arguments"])
+        elif method.endswith("bind"):
+            bind_arguments = normalize_table(args["arguments"])
 
         def carry_out() -> dict[str, Any]:
             if method == "queue.declare":
@@ -72,10 +77,15 @@ class MemoryChannel(ChannelCore, Declarations):
                     auto_delete=args["auto_delete"],
                     arguments=arguments,
                 )._asdict()
-            if method == "queue.bind":
-                broker.bind(connection, args["queue"], args["exchange"], args["routing_key"])
-            elif method == "queue.unbind":
-                broker.unbind(connection, args["queue"], args["exchange"], args["routing_key"])
+            if method.endswith("bind"):  # queue.bind, exchange.bind and their unbinds
+                kind = method.partition(".")[0]
+                binding = (
+                    (args["queue"], args["exchange"])
+                    if kind == "queue"
+                    else (args["destination"], args["source"])
+                )
+                carry = broker.unbind if method.endswith(".unbind") else broker.bind
+                carry(connection, kind, *binding, args["routing_key"], bind_arguments)
             elif method == "queue.purge":
                 return {"message_count": broker._queue(args["queue"], connection).purge()}
             elif method == "queue.delete":
@@ -93,11 +103,11 @@ class MemoryChannel(ChannelCore, Declarations):
                     passive=args["passive"],
                     durable=args["durable"],
                     auto_delete=args["auto_delete"],
+                    internal=args["internal"],
+                    arguments=normalize_table(args["arguments"]),
                 )
-            elif method == "exchange.delete":
+            else:  # exchange.delete
                 broker.delete_exchange(args["exchange"], if_unused=args["if_unused"])
-            else:  # exchange.bind, exchange.unbind
-                raise not_implemented("exchange-to-exchange bindings")
             return {}
 
         return await self._request(method, carry_out)
@@ -160,7 +170,7 @@ class MemoryChannel(ChannelCore, Declarations):
         encoded = properties.encode()  # a value that cannot travel raises here, as on the wire
         confirming = self.publisher_confirms and confirm
         try:
-            refused, returned = self._route(
+            enqueue, returned = self._route(
                 exchange, routing_key, mandatory, body, properties, encoded
             )
         except Refusal as refusal:
@@ -168,6 +178,10 @@ class MemoryChannel(ChannelCore, Declarations):
             if not confirming:
                 return  # on the wire the channel closes after this publish returned
             raise publish_not_confirmed(self.number, error) from error
+        if self._transaction is not None:
+            self._transaction.publishes.append((enqueue, returned))
+            return
+        refused = enqueue()
         if not confirming:
             if returned is not None:
                 self._loop.call_soon(self._on_return, returned)
@@ -188,8 +202,9 @@ class MemoryChannel(ChannelCore, Declarations):
         body: bytes,
         properties: Properties,
         encoded: bytes,
-    ) -> tuple[bool, ReturnedMessage | None]:
-        """Route a publish: (refused by a queue, the returned message if unroutable)."""
+    ) -> tuple[Callable[[], bool], ReturnedMessage | None]:
+        """Route a publish: what enqueues it (and says whether a queue refused it),
+        and the returned message if it is unroutable and ``mandatory``."""
         ttl = _expiration(properties.expiration)
         if properties.user_id is not None and properties.user_id != _AUTHENTICATED_USER:
             raise Refusal(
@@ -203,13 +218,20 @@ class MemoryChannel(ChannelCore, Declarations):
                 raise Refusal(406, "PRECONDITION_FAILED - fast reply consumer does not exist")
             properties = properties.replace(reply_to=self._reply_queue.name)
             encoded = properties.encode()
-        routed, refused = self._broker.publish(exchange, routing_key, body, encoded, ttl)
+        headers = properties.headers or {}
+        routing_keys = [routing_key, *_sender_keys(headers, "CC"), *_sender_keys(headers, "BCC")]
+        if "BCC" in headers:  # RabbitMQ strips BCC before delivering (CC stays)
+            properties = properties.replace(
+                headers={k: v for k, v in headers.items() if k != "BCC"}
+            )
+            encoded = properties.encode()
+        targets, enqueue = self._broker.publish(exchange, routing_keys, headers, body, encoded, ttl)
         returned = None
-        if mandatory and not routed:
+        if mandatory and not targets:
             returned = ReturnedMessage(
                 312, "NO_ROUTE", exchange, routing_key, body, decode(encoded)
             )
-        return refused, returned
+        return enqueue, returned
 
     def _confirm(
         self, future: asyncio.Future[None], returned: ReturnedMessage | None, refused: bool
@@ -220,22 +242,98 @@ class MemoryChannel(ChannelCore, Declarations):
         if self._open:
             dispatch_return(self._tasks, self.return_callbacks, message, log)
 
+    # -- transactions -----------------------------------------------------------------
+
+    async def tx_select(self) -> None:
+        """Make this a transactional channel: publishes and settles take effect at
+        :meth:`tx_commit`. A channel with publisher confirms refuses (406), as
+        RabbitMQ refuses it: open the channel with ``publisher_confirms=False``.
+
+        Raises:
+            PreconditionFailedError: the channel is in confirm mode (it closes).
+        """
+
+        def select() -> None:
+            if self.publisher_confirms:
+                raise Refusal(406, "PRECONDITION_FAILED - cannot switch from confirm to tx mode")
+            if self._transaction is None:
+                self._transaction = Transaction()
+
+        await self._request("tx.select", select)
+
+    async def tx_commit(self) -> None:
+        """Carry out the transaction's publishes (in order; unroutable mandatory ones
+        are returned to :attr:`return_callbacks`) and settles; a new one begins.
+
+        Raises:
+            PreconditionFailedError: ``tx_select`` was not called (the channel closes).
+        """
+
+        def commit() -> None:
+            publishes, settles = self._transactional().take()
+            for enqueue, returned in publishes:
+                enqueue()
+                if returned is not None:
+                    self._loop.call_soon(self._on_return, returned)
+            for _tag, entry, kind, requeue in settles:
+                self._unacked.apply(entry, kind, requeue)
+
+        await self._request("tx.commit", commit)
+
+    async def tx_rollback(self) -> None:
+        """Drop the transaction's publishes; deliveries it settled are unacked again
+        (not requeued: settle them anew); a new transaction begins.
+
+        Raises:
+            PreconditionFailedError: ``tx_select`` was not called (the channel closes).
+        """
+
+        def rollback() -> None:
+            self._transactional()
+            self._rollback()
+
+        await self._request("tx.rollback", rollback)
+
+    def _transactional(self) -> Transaction:
+        if self._transaction is None:
+            raise Refusal(406, "PRECONDITION_FAILED - channel is not transactional")
+        return self._transaction
+
+
+def _sender_keys(headers: Any, name: str) -> list[str]:
+    """The extra routing keys of a ``CC`` or ``BCC`` header (an array of strings)."""
+    keys = headers.get(name)
+    if not isinstance(keys, list):
+        return []
+    return [
+        key.decode() if isinstance(key, bytes) else key
+        for key in keys
+        if isinstance(key, str | bytes)
+    ]
+
 
 def _expiration(value: str | None) -> int | None:
-    """A per-message TTL in ms, refused as RabbitMQ refuses it."""
+    """A per-message TTL in ms, refused as RabbitMQ refuses it (it reads the string
+    as Erlang's ``string:to_integer`` does: an optional sign and digits, nothing more)."""
     if value is None:
         return None
-    try:
-        ttl = int(value)
-    except ValueError:
-        raise Refusal(
-            406, f"PRECONDITION_FAILED - invalid expiration '{value}': no_integer"
-        ) from None
-    if ttl < 0:
-        raise Refusal(
-            406, f"PRECONDITION_FAILED - invalid expiration '{value}': {{value_negative,{ttl}}}"
-        )
-    return ttl
+    match = _INTEGER.match(value)
+    if match is None:
+        problem = "no_integer"
+    elif match.end() < len(value):
+        problem = f'{{leftover_string,"{value[match.end() :]}"}}'
+    else:
+        ttl = int(match.group())
+        if ttl < 0:
+            problem = f"{{value_negative,{ttl}}}"
+        elif ttl > MAX_TTL:
+            problem = f"{{value_too_large,{ttl}}}"
+        else:
+            return ttl
+    raise Refusal(406, f"PRECONDITION_FAILED - invalid expiration '{value}': {problem}")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 if TYPE_CHECKING:

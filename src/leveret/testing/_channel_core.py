@@ -27,9 +27,11 @@ from ..amqp import (
     publish_not_confirmed,
 )
 from ..exceptions import BrokerError, ChannelClosedError, broker_error
-from ._broker import REPLY_TO
-from ._errors import Refusal
+from ._errors import Refusal, amqp_type
+from ._exchanges import REPLY_TO
+from ._message import normalize_table
 from ._queue import MemoryQueue, Subscription
+from ._transaction import Transaction
 from ._unacked import UnackedDeliveries
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ class ChannelCore(Consuming, AsyncClosing):
         self._close_reason: BaseException | None = None
         self._consumers: dict[str, Subscription] = {}
         self._unacked = UnackedDeliveries(self)
+        #: The open transaction once ``tx_select`` made this a transactional channel.
+        self._transaction: Transaction | None = None
         self._prefetch = 0
         self._global_prefetch = 0
         self._unconfirmed: set[asyncio.Future[None]] = set()
@@ -95,7 +99,10 @@ class ChannelCore(Consuming, AsyncClosing):
             return
         self._open = False
         self._close_reason = reason
-        # The broker's side: unacked deliveries go back (in order), consumers go.
+        # The broker's side: an open transaction is rolled back, unacked deliveries
+        # go back (in order), consumers go.
+        if self._transaction is not None:
+            self._rollback()
         self._unacked.release()
         subscriptions = list(self._consumers.values())
         self._consumers.clear()
@@ -124,6 +131,13 @@ class ChannelCore(Consuming, AsyncClosing):
         for subscription in self._consumers.values():
             subscription.consumer.on_cancel = None
         self._finish(reason)
+
+    def _rollback(self) -> None:
+        """Drop the transaction's publishes; its settled deliveries are unacked again."""
+        assert self._transaction is not None
+        _, settles = self._transaction.take()
+        for tag, entry, _kind, _requeue in settles:
+            self._unacked.restore(tag, entry)
 
     def _ensure_open(self) -> None:
         if not self._open:
@@ -175,6 +189,16 @@ class ChannelCore(Consuming, AsyncClosing):
                 target = self._reply_queue = self._broker.new_reply_queue()
             else:
                 target = self._broker._queue(consumer.queue, self._connection)
+                priority = normalize_table(consumer.arguments).get("x-priority")
+                if priority is not None and (
+                    not isinstance(priority, int) or isinstance(priority, bool)
+                ):
+                    raise Refusal(
+                        406,
+                        f"PRECONDITION_FAILED - invalid arg 'x-priority' for queue "
+                        f"'{consumer.queue}' in vhost '/': \"expected integer, got "
+                        f'{amqp_type(priority)}"',
+                    )
                 if target.exclusive_consumer() or (consumer.exclusive and target.has_consumers):
                     raise Refusal(
                         403,

@@ -23,6 +23,8 @@ class Refusal(Exception):
     """The broker says no: ``code`` and RabbitMQ's ``text`` for it."""
 
     def __init__(self, code: int, text: str) -> None:
+        # The reply text is an AMQP short string: RabbitMQ cuts it at 255 bytes.
+        text = text.encode()[:255].decode(errors="ignore")
         super().__init__(code, text)
         self.code = code
         self.text = text
@@ -62,7 +64,12 @@ def inequivalent(kind: str, name: str, arg: str, received: str, current: str) ->
 
 
 def not_implemented(what: str) -> Refusal:
-    return Refusal(540, f"NOT_IMPLEMENTED - {what} (not implemented by the in-memory broker)")
+    """Something RabbitMQ does that the in-memory broker does not: refused, never ignored."""
+    return Refusal(
+        540,
+        f"NOT_IMPLEMENTED - {what}: not supported by the in-memory broker; "
+        "test this against RabbitMQ",
+    )
 
 
 def flag(value: bool) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,9 +75,10 @@ class QueuedMessage:
 
 
 def dead_lettered_properties(
-    message: StoredMessage, queue: str, reason: str
+    message: StoredMessage, queue: str, reason: str, now: float
 ) -> tuple[Properties, list[dict[str, Any]]]:
-    """The properties of ``message`` dead-lettered from ``queue``, and its death history.
+    """The properties of ``message`` dead-lettered from ``queue`` at ``now`` (a
+    ``time.time()``), and its death history.
 
     As RabbitMQ does: the ``x-death`` entry for (queue, reason) is counted up and
     moved to the front, or a new one is added there; ``x-first-death-*`` name the
@@ -88,13 +88,13 @@ def dead_lettered_properties(
     props = decode(message.encoded)
     headers = dict(props.headers or {})
     deaths = [dict(death) for death in headers.get("x-death") or () if isinstance(death, dict)]
-    now = datetime.datetime.fromtimestamp(int(time.time()), datetime.UTC)
+    when = datetime.datetime.fromtimestamp(int(now), datetime.UTC)
     for index, death in enumerate(deaths):
         if death.get("queue") == queue and death.get("reason") == reason:
             del deaths[index]
             count = death.get("count")
             death["count"] = (count if isinstance(count, int) else 0) + 1
-            death["time"] = now
+            death["time"] = when
             deaths.insert(0, death)
             break
     else:
@@ -102,7 +102,7 @@ def dead_lettered_properties(
             "count": 1,
             "reason": reason,
             "queue": queue,
-            "time": now,
+            "time": when,
             "exchange": message.exchange,
             "routing-keys": [message.routing_key],
         }

@@ -4,30 +4,31 @@ Consumers get messages only from :meth:`MemoryQueue._dispatch`, which runs as
 its own event-loop callback (``call_soon``) after whatever made a delivery
 possible: a publish, a requeue, an ack that frees a consumer's prefetch, a new
 consumer. So a consumer is never called from inside ``publish`` or ``ack``, and
-deliveries arrive in queue order. Message TTLs run on the event loop's clock
-(``loop.call_at``) and, as in RabbitMQ, only the message at the head of the queue
-expires: a long TTL in front holds back a shorter one behind it.
+deliveries arrive in queue order. Message TTLs and ``x-expires`` run on the
+broker's clock (:mod:`._clock`) and, as in RabbitMQ, only the message at the
+head of the queue expires: a long TTL in front holds back a shorter one behind it.
+
+Consumers are served by priority (the consumer argument ``x-priority``, highest
+first while it has room), round-robin among equals; with
+``x-single-active-consumer`` only the earliest consumer still there gets
+deliveries, and the next one takes over when it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..amqp import Consumer, QueueType
+from ._clock import CLOCK_SLACK
 from ._message import QueuedMessage, StoredMessage, decode
 
 if TYPE_CHECKING:
     from ._broker import MemoryBroker
     from ._channel_core import ChannelCore
-
-# asyncio runs a timer up to one clock tick early; a message due within that
-# tick counts as expired, or the timer would fire again and again for nothing.
-_CLOCK_SLACK = time.get_clock_info("monotonic").resolution
 
 
 class Subscription:
@@ -35,13 +36,15 @@ class Subscription:
     the channel it delivers to, and how many of its deliveries are unacked (against
     its prefetch window)."""
 
-    __slots__ = ("channel", "consumer", "queue", "unacked")
+    __slots__ = ("channel", "consumer", "priority", "queue", "unacked")
 
     def __init__(self, consumer: Consumer, queue: MemoryQueue, channel: ChannelCore) -> None:
         self.consumer = consumer
         self.queue = queue
         self.channel = channel
         self.unacked = 0
+        priority = (consumer.arguments or {}).get("x-priority", 0)
+        self.priority: int = priority if isinstance(priority, int) else 0
 
     def has_capacity(self) -> bool:
         consumer = self.consumer
@@ -81,6 +84,11 @@ class MemoryQueue:
         self._max_length = _non_negative_int(arguments.get("x-max-length"))
         self._overflow = arguments.get("x-overflow", "drop-head")
         self._delivery_limit = _non_negative_int(arguments.get("x-delivery-limit"))
+        self._single_active = arguments.get("x-single-active-consumer") is True
+        expires = _non_negative_int(arguments.get("x-expires"))
+        self._expires = None if expires is None else expires / 1000
+        self._clock = broker.clock
+        self._expires_at: float | None = None
         self._ready: deque[StoredMessage] = deque()
         self._subscriptions: list[Subscription] = []
         self._next_subscription = 0
@@ -91,6 +99,7 @@ class MemoryQueue:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.deleted = False
+        self.used()
 
     def __repr__(self) -> str:
         return (
@@ -156,8 +165,7 @@ class MemoryQueue:
             return False  # reject-publish: the publisher gets a nack
         if self._ttl is not None:
             ttl = self._ttl if ttl is None else min(ttl, self._ttl)
-        loop = self._broker._loop
-        expires_at = None if ttl is None or loop is None else loop.time() + ttl / 1000
+        expires_at = None if ttl is None else self._clock.now() + ttl / 1000
         self._ready.append(
             StoredMessage(body, encoded, exchange, routing_key, next(self._seq), expires_at)
         )
@@ -201,8 +209,15 @@ class MemoryQueue:
         if subscription is not None:
             subscription.unacked += 1
 
+    def used(self) -> None:
+        """Declared, fetched from, or left by its last consumer: ``x-expires`` starts again."""
+        if self._expires is not None and not self._subscriptions:
+            self._expires_at = self._clock.now() + self._expires
+            self._arm_timer()
+
     def take(self) -> StoredMessage | None:
         """The head message for ``basic.get`` (expired ones are dead-lettered first)."""
+        self.used()
         self._expire_head()
         message = self._ready.popleft() if self._ready else None
         self._arm_timer()
@@ -223,6 +238,7 @@ class MemoryQueue:
     def add_consumer(self, subscription: Subscription) -> None:
         self._subscriptions.append(subscription)
         self._had_consumers = True
+        self._expires_at = None
         self.schedule()
 
     def remove_consumer(self, subscription: Subscription) -> None:
@@ -239,6 +255,10 @@ class MemoryQueue:
             and not self.deleted
         ):
             self._broker._delete_queue(self)
+        elif not self._subscriptions:
+            self.used()
+        else:
+            self.schedule()  # under single active consumer, the next one takes over
 
     def exclusive_consumer(self) -> bool:
         return any(subscription.consumer.exclusive for subscription in self._subscriptions)
@@ -261,7 +281,15 @@ class MemoryQueue:
         if self._dispatch_scheduled or self.deleted or loop is None or loop.is_closed():
             return
         self._dispatch_scheduled = True
-        loop.call_soon(self._dispatch)
+        loop.call_soon(self._scheduled_dispatch)
+
+    @property
+    def dispatch_pending(self) -> bool:
+        return self._dispatch_scheduled
+
+    def _scheduled_dispatch(self) -> None:
+        if self._dispatch_scheduled:  # not done meanwhile by run_due
+            self._dispatch()
 
     def rebind(self) -> None:
         """The broker moved to another event loop: re-arm timers and dispatch there."""
@@ -293,26 +321,50 @@ class MemoryQueue:
         self._broker._changed()
 
     def _pick_consumer(self, *, peek: bool = False) -> Subscription | None:
-        """The next consumer with room, round-robin from the one after the last served."""
+        """The consumer to serve next: of those with room, the highest priority, and
+        among equals the first from the one after the last served (round-robin).
+        Under single active consumer, only the earliest one, if it has room."""
         consumers = self._subscriptions
+        if self._single_active:
+            active = consumers[0] if consumers else None
+            return active if active is not None and active.has_capacity() else None
         count = len(consumers)
+        best: tuple[int, Subscription] | None = None
         for offset in range(count):
             index = (self._next_subscription + offset) % count
             consumer = consumers[index]
-            if consumer.has_capacity():
-                if not peek:
-                    self._next_subscription = (index + 1) % count
-                return consumer
-        return None
+            if (best is None or consumer.priority > best[1].priority) and consumer.has_capacity():
+                best = (index, consumer)
+        if best is None:
+            return None
+        if not peek:
+            self._next_subscription = (best[0] + 1) % count
+        return best[1]
 
     # -- expiry -----------------------------------------------------------------------
 
+    def next_due(self) -> float | None:
+        """When (broker time) something is next due here: the head's expiry or the
+        queue's own (``x-expires``); None if nothing is."""
+        times = [at for at in (self._head_expiry(), self._expires_at) if at is not None]
+        return min(times) if times else None
+
+    def run_due(self) -> None:
+        """Do what is due by now: expire (and hand out) messages, or delete the queue."""
+        if self.deleted:
+            return
+        at = self._expires_at
+        if at is not None and at <= self._clock.now() + CLOCK_SLACK and not self._subscriptions:
+            self._broker._delete_queue(self)
+            return
+        self._dispatch()
+
+    def _head_expiry(self) -> float | None:
+        return self._ready[0].expires_at if self._ready else None
+
     def _expire_head(self, limit: int | None = None) -> int:
         """Dead-letter expired messages at the head (at most ``limit``); how many."""
-        loop = self._broker._loop
-        if loop is None:
-            return 0
-        now = loop.time() + _CLOCK_SLACK
+        now = self._clock.now() + CLOCK_SLACK
         expired = 0
         ready = self._ready
         while ready and (limit is None or expired < limit):
@@ -325,21 +377,24 @@ class MemoryQueue:
         return expired
 
     def _arm_timer(self) -> None:
-        at = self._ready[0].expires_at if self._ready else None
+        at = self.next_due()
         if at == self._timer_at:
             return
         if self._timer is not None:
             self._timer.cancel()
-        loop = self._broker._loop
-        if at is None or loop is None or loop.is_closed():
-            self._timer = self._timer_at = None
-            return
-        self._timer_at = at
-        self._timer = loop.call_at(at, self._on_timer)
+        self._timer = None if at is None else self._clock.call_at(at, self._on_timer)
+        self._timer_at = None if self._timer is None else at
+
+    def rearm(self) -> None:
+        """Broker time jumped: arm the timer anew for what is due next."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        self._arm_timer()
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self._dispatch()
+        self.run_due()
 
 
 def _non_negative_int(value: Any) -> int | None:

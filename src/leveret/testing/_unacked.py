@@ -12,6 +12,8 @@ import itertools
 from typing import TYPE_CHECKING
 
 from ..amqp import SettleKind
+from ._errors import Refusal
+from ._transaction import Held
 
 if TYPE_CHECKING:
     from ._channel_core import ChannelCore
@@ -28,7 +30,7 @@ class UnackedDeliveries:
         self.channel = channel
         #: How many of them went to consumers (for the channel's global prefetch).
         self.by_consumers = 0
-        self._held: dict[int, tuple[MemoryQueue, StoredMessage, Subscription | None]] = {}
+        self._held: dict[int, Held] = {}
         self._tags = itertools.count(1)
 
     @property
@@ -54,9 +56,26 @@ class UnackedDeliveries:
         queue.delivered(subscription)
 
     def settle(self, delivery_tag: int, kind: SettleKind, requeue: bool) -> None:
+        """Settle a delivery (at commit, in a transaction). An unknown tag closes the
+        channel with 406, as RabbitMQ closes it (the close arrives after the call)."""
         entry = self._held.pop(delivery_tag, None)
+        channel = self.channel
         if entry is None:
+            refusal = Refusal(406, f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
+            channel._loop.call_soon(channel._refused, refusal, f"basic.{kind}")
             return
+        transaction = channel._transaction
+        if transaction is not None:
+            transaction.settles.append((delivery_tag, entry, kind, requeue))
+            return
+        self.apply(entry, kind, requeue)
+
+    def restore(self, delivery_tag: int, entry: Held) -> None:
+        """A rolled-back settle: the delivery is unacked on this channel again."""
+        self._held[delivery_tag] = entry
+
+    def apply(self, entry: Held, kind: SettleKind, requeue: bool) -> None:
+        """What the broker does with a settled delivery."""
         queue, message, subscription = entry
         if subscription is not None:
             self.by_consumers -= 1

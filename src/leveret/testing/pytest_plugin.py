@@ -16,7 +16,8 @@ Fixtures (all function-scoped; everything they open is closed after the test):
 
 ``leveret_broker``
     A fresh :class:`~leveret.testing.MemoryBroker`, registered under a unique
-    name for the test's duration (see ``leveret_url``).
+    name for the test's duration (see ``leveret_url``);
+    ``leveret_broker.advance(seconds)`` moves its clock on (TTLs, ``x-expires``).
 ``leveret_url``
     The ``memory://<name>`` URL of ``leveret_broker``: hand it to code under test
     that connects by URL (``leveret.connect``, ``connect_robust``, ``App(url)``).
