@@ -168,7 +168,7 @@ async def run_fleet(
     async with await connect(url, name="leveret fleet counter") as connection:
         channel = await connection.channel()
         await channel.queue_declare(f"{prefix}.ticks", durable=True)
-        await channel.consume(f"{prefix}.ticks", record)
+        tag = await channel.consume(f"{prefix}.ticks", record)
         fleet = [_Replica(folder, i, env) for i in range(replicas)]
         leader: list[_Replica] = []
 
@@ -207,6 +207,7 @@ async def run_fleet(
                 except subprocess.TimeoutExpired:
                     replica.process.kill()
                     replica.process.wait()
+            await channel.cancel(tag)
             cleanup = await connection.channel()
             for queue in (f"{prefix}.ticks", scheduler_queue(prefix)):
                 await cleanup.queue_delete(queue)

@@ -194,7 +194,6 @@ def _leader(schedulers: list[Scheduler]) -> Scheduler | None:
     return leaders[0] if len(leaders) == 1 else None
 
 
-@pytest.mark.rabbitmq_only
 async def test_an_interval_schedule_fires_each_tick_with_its_kwargs_and_id(
     setup: tuple[str, str, Fired, Start],
 ) -> None:
@@ -210,7 +209,6 @@ async def test_an_interval_schedule_fires_each_tick_with_its_kwargs_and_id(
     fired.assert_none_twice()
 
 
-@pytest.mark.rabbitmq_only
 async def test_a_cron_schedule_fires_at_its_ticks(setup: tuple[str, str, Fired, Start]) -> None:
     _, task, fired, start = setup
     await start(ScheduledTask(task, Schedule(cron="* * * * * *", timezone="Europe/Berlin")))
@@ -219,7 +217,6 @@ async def test_a_cron_schedule_fires_at_its_ticks(setup: tuple[str, str, Fired, 
     assert (ticks[1] - ticks[0]).total_seconds() == 1 and ticks[0].microsecond == 0
 
 
-@pytest.mark.rabbitmq_only
 async def test_three_schedulers_fire_each_tick_once(setup: tuple[str, str, Fired, Start]) -> None:
     _, task, fired, start = setup
     entry = ScheduledTask(task, Schedule(every=0.1))
@@ -231,7 +228,6 @@ async def test_three_schedulers_fire_each_tick_once(setup: tuple[str, str, Fired
     assert ticks == sorted(ticks)
 
 
-@pytest.mark.rabbitmq_only
 async def test_when_the_leader_stops_another_takes_over_and_no_tick_fires_twice(
     setup: tuple[str, str, Fired, Start],
 ) -> None:
@@ -247,7 +243,6 @@ async def test_when_the_leader_stops_another_takes_over_and_no_tick_fires_twice(
     fired.assert_none_twice()
 
 
-@pytest.mark.rabbitmq_only
 async def test_ticks_due_while_no_scheduler_ran_fire_once_late(
     setup: tuple[str, str, Fired, Start], connect_broker: ConnectBroker
 ) -> None:
@@ -273,7 +268,6 @@ async def test_ticks_due_while_no_scheduler_ran_fire_once_late(
     assert fired.ticks() == [before - (before - _EPOCH) % datetime.timedelta(seconds=10)]
 
 
-@pytest.mark.rabbitmq_only
 async def test_a_new_schedule_waits_for_its_next_tick_instead_of_firing_at_once(
     setup: tuple[str, str, Fired, Start],
 ) -> None:
@@ -285,7 +279,6 @@ async def test_a_new_schedule_waits_for_its_next_tick_instead_of_firing_at_once(
     assert all(mid.startswith("often@") for mid in fired.ids)
 
 
-@pytest.mark.rabbitmq_only
 async def test_a_second_token_is_dropped_keeping_the_later_ticks(
     setup: tuple[str, str, Fired, Start], connect_broker: ConnectBroker
 ) -> None:
