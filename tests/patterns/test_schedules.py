@@ -302,6 +302,36 @@ async def test_a_second_token_is_dropped_keeping_the_later_ticks(
     fired.assert_none_twice()
 
 
+async def test_the_leader_rewrites_the_token_with_no_tick_due(
+    setup: tuple[str, str, Fired, Start], connect_broker: ConnectBroker
+) -> None:
+    app, task, fired, start = setup
+    scheduler = await start(ScheduledTask(task, Schedule(cron="0 4 1 1 *")), refresh=0.2)
+    await wait_until(lambda: scheduler.leading, 10, "the scheduler to lead")
+    started = datetime.datetime.now(UTC)
+    await wait_until(
+        lambda: datetime.datetime.now(UTC) > started + datetime.timedelta(seconds=1),
+        5,
+        "a second of leading",
+    )
+    await scheduler.close()  # the token goes back to the queue, as last written
+    side = await (await connect_broker()).channel()
+    token = await wait_until(
+        lambda: side.get(scheduler_queue(app), no_ack=True), 5, "the token back in its queue"
+    )
+    written = datetime.datetime.fromisoformat(json.loads(token.body)["written"])
+    assert written > started + datetime.timedelta(seconds=0.4)  # rewritten while leading
+    assert fired.ids == []
+
+
+async def test_refresh_beyond_a_minute_is_refused(
+    setup: tuple[str, str, Fired, Start],
+) -> None:
+    _, task, _, start = setup
+    with pytest.raises(ConfigurationError, match=r"refresh=61: it is in \(0, 60\]"):
+        await start(ScheduledTask(task, Schedule(every=1)), refresh=61)
+
+
 def test_a_token_body_reads_back_or_is_refused() -> None:
     tick = _utc(2026, 1, 1, 12)
     assert read_token(json.dumps({"fired": {"a": tick.isoformat()}}).encode()) == {"a": tick}
