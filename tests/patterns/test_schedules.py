@@ -302,6 +302,22 @@ async def test_a_second_token_is_dropped_keeping_the_later_ticks(
     fired.assert_none_twice()
 
 
+async def test_a_message_in_the_token_queue_that_is_no_token_stalls_nothing(
+    setup: tuple[str, str, Fired, Start],
+    connect_broker: ConnectBroker,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, task, fired, start = setup
+    side = await (await connect_broker()).channel()
+    await side.queue_declare(
+        scheduler_queue(app), durable=True, arguments={"x-single-active-consumer": True}
+    )
+    await side.publish(b"hello", routing_key=scheduler_queue(app))  # the only "token"
+    await start(ScheduledTask(task, Schedule(every=0.2)))
+    await wait_until(lambda: len(fired.ids) >= 2, 10, "ticks")
+    assert "a message that is not a token (b'hello')" in caplog.text
+
+
 async def test_the_leader_rewrites_the_token_with_no_tick_due(
     setup: tuple[str, str, Fired, Start], connect_broker: ConnectBroker
 ) -> None:
@@ -337,3 +353,4 @@ def test_a_token_body_reads_back_or_is_refused() -> None:
     assert read_token(json.dumps({"fired": {"a": tick.isoformat()}}).encode()) == {"a": tick}
     assert read_token(b"not json") is None
     assert read_token(b'{"fired": {"a": "yesterday"}}') is None
+    assert read_token(b'{"fired": {"a": "2026-01-01T12:00:00"}}') is None  # no timezone

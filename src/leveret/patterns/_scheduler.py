@@ -158,7 +158,6 @@ class Scheduler(AsyncClosing):
             # Never sit on the token: closing the channel hands it to another process.
             log.exception("scheduler %s failed; handing the token on", self.queue)
             await self.channel.close()
-            raise
 
     async def _lead(self) -> None:
         while True:
@@ -198,15 +197,22 @@ class Scheduler(AsyncClosing):
         """A token delivered: the one to hold (returned), or an extra, dropped (None)."""
         fired = read_token(delivery.body)
         if fired is None:
-            log.error("scheduler queue %s: dropping a message that is not a token", self.queue)
-        for schedule_id, tick in (fired or {}).items():
+            # Taken as a token that knows nothing: dropping the only token would leave
+            # the app without a scheduler; the next write makes it a proper one.
+            log.error(
+                "scheduler %s: a message that is not a token (%r); reading it as an empty one",
+                self.queue,
+                delivery.body[:80],
+            )
+            fired = {}
+        for schedule_id, tick in fired.items():
             if schedule_id not in self._fired or tick > self._fired[schedule_id]:
                 self._fired[schedule_id] = tick
         now = _now()
         for entry in self.entries:
             self._fired.setdefault(entry.id, now)
         token_id = delivery.properties.message_id
-        if fired is not None and (self._written is None or token_id == self._written):
+        if self._written is None or token_id == self._written:
             if self._written is None:
                 log.info("scheduler %s: this process leads now", self.queue)
             return delivery
@@ -291,9 +297,12 @@ def read_token(body: bytes) -> dict[str, datetime.datetime] | None:
     ``body`` is not a token."""
     try:
         fired = json.loads(body)["fired"]
-        return {str(key): datetime.datetime.fromisoformat(tick) for key, tick in fired.items()}
+        ticks = {str(key): datetime.datetime.fromisoformat(tick) for key, tick in fired.items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    if any(tick.tzinfo is None for tick in ticks.values()):
+        return None  # a time without its zone would not compare with the others
+    return ticks
 
 
 async def read_last_fired(channel: GetChannel, app: str) -> dict[str, datetime.datetime] | None:
