@@ -119,6 +119,7 @@ def test_the_app_declares_schedules_from_the_decorator_and_from_schedule() -> No
         "shop.sweep cron 0 3 * * * UTC",
     ]
     assert app.schedules["shop.report every 60s"].schedule.kwargs == {"size": 1}
+    assert len(set(app.schedules.values())) == 3  # hashable, as frozen values are
 
 
 def test_the_app_refuses_schedule_kwargs_the_task_cannot_take_and_twice_the_same() -> None:

@@ -48,7 +48,7 @@ class Schedule:
     cron: str | None = None
     every: float | datetime.timedelta | None = None
     timezone: str = "UTC"
-    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     name: str | None = None
 
     def __post_init__(self) -> None:
