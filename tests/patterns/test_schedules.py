@@ -349,6 +349,31 @@ async def test_refresh_beyond_a_minute_is_refused(
         await start(ScheduledTask(task, Schedule(every=1)), refresh=61)
 
 
+async def test_an_app_fires_its_schedule_at_its_own_worker(
+    connection: Any, cleanup: Cleanup
+) -> None:
+    app = leveret.App(prefix=f"leveret-test-app-{uuid.uuid4().hex[:8]}")
+    ran: list[int] = []
+
+    @app.task(schedule=Schedule(every=0.2, kwargs={"n": 7}))
+    async def tick(*, n: int) -> None:
+        ran.append(n)
+
+    cleanup.queue(tick.name)
+    cleanup.queue(scheduler_queue(app.name))
+    master, rpc = await app.start(connection)
+    scheduler = await app.start_scheduler(connection)
+    assert scheduler is not None
+    await wait_until(lambda: len(ran) >= 2, 10, "the scheduled task to run twice")
+    assert set(ran) == {7}
+    for service in (scheduler, master, rpc):
+        await service.close()
+
+
+async def test_an_app_without_schedules_starts_no_scheduler(connection: Any) -> None:
+    assert await leveret.App().start_scheduler(connection) is None
+
+
 def test_a_token_body_reads_back_or_is_refused() -> None:
     tick = _utc(2026, 1, 1, 12)
     assert read_token(json.dumps({"fired": {"a": tick.isoformat()}}).encode()) == {"a": tick}
