@@ -85,6 +85,7 @@ def test_every_half_hour_in_berlin_follows_the_clock_through_the_repeated_hour()
         ({}, "not neither"),
         ({"cron": "* * * * *", "every": 5}, "not both"),
         ({"every": 0}, "an interval is positive"),
+        ({"every": "5"}, "seconds \\(a number\\) or a timedelta"),
         ({"every": 5, "timezone": "Europe/Berlin"}, "applies to cron schedules"),
         ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "not an IANA timezone"),
         ({"cron": "61 * * * *"}, "is not a cron expression: Bad minute"),

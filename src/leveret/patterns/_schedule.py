@@ -64,11 +64,14 @@ class Schedule:
             )
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
         if self.every is not None:
-            seconds = (
-                self.every.total_seconds()
-                if isinstance(self.every, datetime.timedelta)
-                else float(self.every)
-            )
+            if isinstance(self.every, datetime.timedelta):
+                seconds = self.every.total_seconds()
+            elif isinstance(self.every, int | float) and not isinstance(self.every, bool):
+                seconds = float(self.every)
+            else:
+                raise ConfigurationError(
+                    f"every={self.every!r}: an interval is seconds (a number) or a timedelta"
+                )
             if not math.isfinite(seconds) or seconds < 1e-6:
                 raise ConfigurationError(
                     f"every={self.every!r}: an interval is positive (a microsecond at least)"
@@ -82,10 +85,9 @@ class Schedule:
             return
         assert self.cron is not None
         self._zone()
+        cronsim = _cronsim()
         try:
-            _cronsim()(self.cron, datetime.datetime.now(UTC))
-        except ConfigurationError:
-            raise
+            cronsim(self.cron, datetime.datetime.now(UTC))
         except Exception as exc:  # cronsim's CronSimError names the field
             raise ConfigurationError(
                 f"cron={self.cron!r} is not a cron expression: {exc}"
