@@ -22,7 +22,7 @@ from .exceptions import (
     SerializationError,
     UnroutableError,
 )
-from .patterns import RPC, Master, NackMessage, RejectMessage, Worker
+from .patterns import RPC, Master, NackMessage, RejectMessage, Schedule, Worker
 
 __all__ = [
     "RPC",
@@ -47,6 +47,7 @@ __all__ = [
     "RejectMessage",
     "RemoteError",
     "RobustConnection",
+    "Schedule",
     "SerializationError",
     "UnroutableError",
     "Worker",

@@ -179,6 +179,7 @@ def _mask_password(url: str) -> str:
 if TYPE_CHECKING:
     # Both brokers' connections and channels are what this module promises.
     from .amqp import Channel, Connection, RobustConnection
+    from .patterns import TxChannel
     from .testing import MemoryChannel, MemoryConnection
 
     _connections: tuple[type[ConnectionLike], ...] = (
@@ -187,3 +188,5 @@ if TYPE_CHECKING:
         MemoryConnection,
     )
     _channels: tuple[type[ChannelLike], ...] = (Channel, MemoryChannel)
+    # And both can carry a scheduler (transactions).
+    _tx_channels: tuple[type[TxChannel], ...] = (Channel, MemoryChannel)

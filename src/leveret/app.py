@@ -15,7 +15,11 @@
     await resize.send(path="a.png", width=640)   # returns once confirmed
     assert await multiply.call(x=6, y=7) == 42    # a remote call
 
-    # a worker process: leveret run mymodule:app
+    @app.task(schedule="*/5 * * * *")            # cron (leveret[cron]), or a Schedule
+    async def sweep() -> None: ...
+    app.schedule(resize, every=3600, kwargs={"path": "logo.png", "width": 64})
+
+    # a worker process: leveret run mymodule:app (it also fires the schedules)
     # a test: async with app.testing() as running: ...
 
 A handle is still the plain function: ``resize(path=..., width=...)`` and
@@ -49,6 +53,9 @@ from .patterns import (
     Observer,
     Observers,
     RetryPolicy,
+    Schedule,
+    ScheduledTask,
+    Scheduler,
     list_dead_letters,
 )
 from .serializers import Serializer
@@ -245,6 +252,8 @@ class App:
         self.timeout = timeout
         self.tasks: dict[str, TaskHandle[Any, Any]] = {}
         self.rpcs: dict[str, RPCHandle[Any, Any, Any]] = {}
+        #: Periodic tasks by schedule id (see :meth:`schedule`).
+        self.schedules: dict[str, ScheduledTask] = {}
         self._client: _Client | None = None
 
     @property
@@ -286,6 +295,7 @@ class App:
         time_limit: float | None = None,
         dead_letter: bool = True,
         arguments: Mapping[str, Any] | None = None,
+        schedule: Schedule | str | None = None,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -301,14 +311,18 @@ class App:
         time_limit: float | None = None,
         dead_letter: bool = True,
         arguments: Mapping[str, Any] | None = None,
+        schedule: Schedule | str | None = None,
     ) -> Any:
         """Declare a task: ``@app.task``, ``@app.task()`` or ``@app.task(retries=...)``.
 
         Options are those of :meth:`Master.create_worker` and apply where it runs.
+        ``schedule`` (a :class:`Schedule`, or a cron expression in UTC) also runs
+        it periodically, as :meth:`schedule` does.
 
         Raises:
-            ConfigurationError: the name is taken, or the function cannot take
-                keyword arguments (positional-only parameters, ``*args`` alone).
+            ConfigurationError: the name is taken, the function cannot take
+                keyword arguments (positional-only parameters, ``*args`` alone), or
+                the schedule is invalid (see :class:`Schedule`).
         """
         options: dict[str, Any] = dict(
             prefetch_count=prefetch_count,
@@ -324,10 +338,51 @@ class App:
             handle: TaskHandle[Any, Any] = TaskHandle(
                 self, target, self._declare(target, name), options
             )
+            if schedule is not None:
+                timing = Schedule(cron=schedule) if isinstance(schedule, str) else schedule
+                self._add_schedule(handle, timing)
             self.tasks[handle.name] = handle
             return handle
 
         return declare if func is None else declare(func)
+
+    def schedule(
+        self,
+        task: TaskHandle[Any, Any] | str,
+        *,
+        cron: str | None = None,
+        every: float | datetime.timedelta | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        timezone: str = "UTC",
+        name: str | None = None,
+    ) -> ScheduledTask:
+        """Run ``task`` periodically: at the ticks of ``cron`` (read in ``timezone``;
+        needs ``leveret[cron]``), or ``every`` seconds (a number or a timedelta), with
+        ``kwargs``. ``task`` is a handle of this app, or the name of a task served
+        elsewhere. Every ``leveret run`` of the app fires its schedules, each tick
+        once however many run (see :class:`~leveret.patterns.Scheduler`).
+
+        Raises:
+            ConfigurationError: see :class:`Schedule`; or the schedule's id (its
+                ``name``, else the task and timing) is taken: pass ``name=``.
+            TypeError: ``kwargs`` do not fit the task's signature.
+        """
+        timing = Schedule(cron=cron, every=every, timezone=timezone, kwargs=kwargs or {}, name=name)
+        return self._add_schedule(task, timing)
+
+    def _add_schedule(self, task: TaskHandle[Any, Any] | str, timing: Schedule) -> ScheduledTask:
+        if isinstance(task, TaskHandle):
+            task._check("schedule", (), dict(timing.kwargs))
+            entry = ScheduledTask(task.name, timing)
+        else:
+            entry = ScheduledTask(task, timing)
+        if entry.id in self.schedules:
+            raise ConfigurationError(
+                f"schedule {entry.id!r} is declared twice in {self!r}: pass name= to tell "
+                "them apart"
+            )
+        self.schedules[entry.id] = entry
+        return entry
 
     @overload
     def rpc(
@@ -465,6 +520,23 @@ class App:
                 options["prefetch_count"] = prefetch_count
             await rpc.register(method.name, method.func, **options)
         return master, rpc
+
+    async def start_scheduler(self, connection: Any, **options: Any) -> Scheduler | None:
+        """Start firing the app's schedules on a channel of ``connection`` of their
+        own, or return ``None`` if it has none. Any number of processes may do so:
+        each tick fires once. Close the scheduler to stop (``options`` go to
+        :meth:`Scheduler.create`).
+        """
+        if not self.schedules:
+            return None
+        return await Scheduler.create(
+            await connection.channel(publisher_confirms=False),
+            self.name,
+            self.schedules.values(),
+            serializer=self.serializer,
+            observers=self.observers,
+            **options,
+        )
 
     @contextlib.asynccontextmanager
     async def testing(self) -> AsyncIterator[RunningApp]:

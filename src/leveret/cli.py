@@ -3,7 +3,8 @@
 - ``leveret demo``: a worker and a callee, a stream of tasks and calls, a summary;
 - ``leveret run module:app``: serve an :class:`~leveret.App`'s tasks and RPC methods;
 - ``leveret status module:app``: the queues an app uses, and what is in them;
-- ``leveret dlq list|show|replay TASK``: look into a dead-letter queue, send tasks back.
+- ``leveret dlq list|show|replay TASK``: look into a dead-letter queue, send tasks back;
+- ``leveret schedule list module:app``: an app's schedules and their next fire times.
 
 Every error is one line on stderr (``leveret run: ...``) with an exit status of its
 kind (:data:`EPILOG`); none shows a traceback. The library never imports this module.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import importlib
 import json
 import logging
@@ -23,6 +25,7 @@ import sysconfig
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 try:
     import click
@@ -42,6 +45,7 @@ from .patterns import (
     dead_letter_queue,
     delay_queues,
     list_dead_letters,
+    read_last_fired,
     replay_dead_letters,
     serve,
 )
@@ -404,10 +408,11 @@ def _load_app(target: str) -> App:
 
 
 def _counted(app: App) -> str:
-    tasks, methods = len(app.tasks), len(app.rpcs)
+    tasks, methods, schedules = len(app.tasks), len(app.rpcs), len(app.schedules)
     return (
         f"{tasks} task{'s' if tasks != 1 else ''}, "
         f"{methods} RPC method{'s' if methods != 1 else ''}"
+        + (f", {schedules} schedule{'s' if schedules != 1 else ''}" if schedules else "")
     )
 
 
@@ -490,6 +495,8 @@ def _serve(
             loop.add_signal_handler(signum, early.append, signum)
         async with connection:
             master, rpc = await app.start(connection, prefetch_count=prefetch)
+            scheduler = await app.start_scheduler(connection)
+            services = (master, rpc) if scheduler is None else (master, rpc, scheduler)
             log.info(
                 "serving %s (app %r: %s) on %s, pid %d",
                 target,
@@ -500,9 +507,9 @@ def _serve(
             )
             if early:
                 log.info("%s received while starting: stopping", early[0].name)
-                await asyncio.gather(master.close(shutdown_timeout), rpc.close(shutdown_timeout))
+                await asyncio.gather(*(service.close(shutdown_timeout) for service in services))
             else:
-                await serve(master, rpc, timeout=shutdown_timeout)
+                await serve(*services, timeout=shutdown_timeout)
 
     _run_async(url, main)
 
@@ -589,6 +596,45 @@ def status(target: str, url: str | None) -> None:
     click.echo(f"{'queue':<50} {'ready':>10} {'consumers':>10} {'delayed':>10}")
     for name, ready, consumers, delayed in rows:
         click.echo(f"{name:<50} {ready:>10} {consumers:>10} {delayed:>10}")
+
+
+@main.group(short_help="Look at an app's schedules.")
+def schedule() -> None:
+    """Look at the schedules of an app."""
+
+
+@schedule.command("list", short_help="Show the schedules of TARGET and their next fire times.")
+@_log_level_option("error")
+@click.argument("target")
+@click.option(
+    "--count", default=3, show_default=True, callback=_at_least(1), help="Fire times to show."
+)
+@_url_option(_APP_URL_DEFAULT)
+def schedule_list(target: str, count: int, url: str | None) -> None:
+    """Show the schedules of TARGET (module:app): timing, timezone and next fire times,
+    with the last tick fired when no scheduler runs (a running leader holds that, and
+    it is not taken from it)."""
+    app = _load_app(target)
+    if not app.schedules:
+        click.echo(f"{target} has no schedules")
+        return
+    fired = _run(_broker_url(url, app, target), lambda ch: read_last_fired(ch, app.name))
+    now = datetime.datetime.now(datetime.UTC)
+    first = next(iter(app.schedules.values()))
+    for entry in app.schedules.values():
+        timing = entry.schedule
+        zone = ZoneInfo(timing.timezone) if timing.cron is not None else datetime.UTC
+        shown = [tick.astimezone(zone).isoformat(" ") for tick in timing.next_ticks(now, count)]
+        if fired is None:
+            last = "not shown: a running scheduler holds it"
+        else:
+            tick = fired.get(entry.id)
+            last = "never" if tick is None else tick.astimezone(zone).isoformat(" ")
+        click.echo(f"\n{entry.id}" if entry is not first else entry.id)
+        click.echo(f"  task:     {entry.task}")
+        click.echo(f"  timing:   {timing.cron or f'every {timing.every:g} s'} ({timing.timezone})")
+        click.echo(f"  next:     {', '.join(shown)}")
+        click.echo(f"  last:     {last}")
 
 
 @main.command(short_help="Run a worker and a callee, send tasks and calls, show the numbers.")

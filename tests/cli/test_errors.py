@@ -342,7 +342,11 @@ def test_leveret_run_reports_a_refused_login_once(amqp_url: str, project: Projec
 
 @pytest.mark.parametrize(
     ("group", "names"),
-    [((), ["demo", "dlq", "run", "status"]), (("dlq",), ["list", "replay", "show"])],
+    [
+        ((), ["demo", "dlq", "run", "schedule", "status"]),
+        (("dlq",), ["list", "replay", "show"]),
+        (("schedule",), ["list"]),
+    ],
 )
 def test_the_help_lists_every_command_in_full(group: tuple[str, ...], names: list[str]) -> None:
     result = leveret(*group, "--help")

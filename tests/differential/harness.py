@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from leveret.amqp import Channel, Delivery, connect
-from leveret.exceptions import BrokerError, PublishError
+from leveret.exceptions import BrokerError, ConfigurationError, PublishError
 from leveret.testing import MemoryBroker
 from tests.support.waiting import wait_until
 
@@ -83,6 +83,9 @@ class Side:
             result = await operation
         except BrokerError as error:
             self.note(what, error.reply_code, error.reply_text, error.scope)
+            return None
+        except ConfigurationError as error:  # refused by the client, nothing sent
+            self.note(what, type(error).__name__)
             return None
         except PublishError as error:
             cause = error.__cause__ or error.__context__

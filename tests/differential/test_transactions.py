@@ -75,24 +75,11 @@ async def test_transactions_are_refused_on_a_confirming_channel_and_commit_needs
         channel = await broker.channel(publisher_confirms=False)
         await broker.attempt("rollback without select", channel.tx_rollback())
 
+    # Both clients refuse these before sending them (RabbitMQ would close the channel:
+    # 406 "cannot switch from confirm to tx mode", 406 "channel is not transactional").
     assert await compare(url, scenario, needs="tx_select") == [
-        (
-            "select with confirms",
-            406,
-            "PRECONDITION_FAILED - cannot switch from confirm to tx mode",
-            "channel",
-        ),
-        "channel closed",
-        (
-            "commit without select",
-            406,
-            "PRECONDITION_FAILED - channel is not transactional",
-            "channel",
-        ),
-        (
-            "rollback without select",
-            406,
-            "PRECONDITION_FAILED - channel is not transactional",
-            "channel",
-        ),
+        ("select with confirms", "ConfigurationError"),
+        "channel open",
+        ("commit without select", "ConfigurationError"),
+        ("rollback without select", "ConfigurationError"),
     ]

@@ -20,7 +20,12 @@ and the confirm and return rules (:func:`resolve_confirm`,
 from ._channel import Channel
 from ._closing import AsyncClosing
 from ._codec import decode_table, encode_shortstr, encode_table
-from ._confirms import ReturnCallback, dispatch_return, publish_not_confirmed, resolve_confirm
+from ._confirms import (
+    ReturnCallback,
+    dispatch_return,
+    publish_not_confirmed,
+    resolve_confirm,
+)
 from ._connection import Connection, connect
 from ._consumer import (
     CancelCallback,
@@ -39,6 +44,7 @@ from ._message import Delivery, QueueDeclareOk, QueueType, ReturnedMessage, Sett
 from ._robust import RobustChannel, RobustConnection, connect_robust
 from ._states import ChannelState, ConnectionState
 from ._tasks import TaskOwner
+from ._tx import not_transactional, transactions_refused
 from ._url import DEFAULT_URL, ConnectionParameters, parse_url, parse_urls
 
 __all__ = [
@@ -76,9 +82,11 @@ __all__ = [
     "dispatch_return",
     "encode_shortstr",
     "encode_table",
+    "not_transactional",
     "notify_cancel",
     "parse_url",
     "parse_urls",
     "publish_not_confirmed",
     "resolve_confirm",
+    "transactions_refused",
 ]

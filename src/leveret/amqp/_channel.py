@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..exceptions import (
     AMQPError,
+    BrokerError,
     ChannelClosedError,
     ConfigurationError,
     MessageTooLargeError,
@@ -33,7 +34,12 @@ from ..exceptions import (
 from ._acks import AckWindow
 from ._closing import AsyncClosing
 from ._codec import Method, encode_method_frame, method_name
-from ._confirms import ConfirmWindow, ReturnCallback, dispatch_return, refused_as_too_large
+from ._confirms import (
+    ConfirmWindow,
+    ReturnCallback,
+    dispatch_return,
+    refused_as_too_large,
+)
 from ._consumer import Consumer, Consuming, broker_cancelled, notify_cancel
 from ._content import ChannelFrames
 from ._declare import Declarations
@@ -41,6 +47,7 @@ from ._frames import Properties, encode_properties, message_frames, publish_meth
 from ._message import Delivery, ReturnedMessage
 from ._states import ChannelState
 from ._tasks import TaskOwner
+from ._tx import not_transactional, transactions_refused
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -60,8 +67,10 @@ class Channel(Declarations, Consuming, AsyncClosing):
     :meth:`close` or ``async with``.
 
     With ``publisher_confirms=True`` (the default) :meth:`publish` returns
-    only once the broker has confirmed the message. On a robust connection the
-    channel is a :class:`RobustChannel`: the same object survives reconnects.
+    only once the broker has confirmed the message. A channel opened with
+    ``publisher_confirms=False`` can be made transactional instead
+    (:meth:`tx_select`). On a robust connection the channel is a
+    :class:`RobustChannel`: the same object survives reconnects.
     """
 
     _connection: Connection
@@ -84,6 +93,11 @@ class Channel(Declarations, Consuming, AsyncClosing):
         self._prefetch: tuple[int, int] | None = None
         self._global_prefetch: tuple[int, int] | None = None
         self._consume_lock = asyncio.Lock()
+        #: In transaction mode (tx.select sent); kept across a robust channel's reopens.
+        self._transactional = False
+        # The ack window of the incarnation the open transaction began in: a
+        # transaction does not outlive its incarnation (see tx_commit).
+        self._tx_window: AckWindow | None = None
         # One incarnation's state, made anew by _open.
         self._acks: AckWindow
         self._confirms: ConfirmWindow
@@ -127,6 +141,8 @@ class Channel(Declarations, Consuming, AsyncClosing):
         await self._call("channel.open", ("channel.open-ok",))
         if self.publisher_confirms:
             await self._call("confirm.select", ("confirm.select-ok",))
+        if self._transactional:  # a robust channel reopening: its new life is transactional too
+            await self._call("tx.select", ("tx.select-ok",))
         self._state = _OPEN
         self._acks.open = True
         self._close_reason = None
@@ -275,6 +291,87 @@ class Channel(Declarations, Consuming, AsyncClosing):
             prefetch_size=size,
             global_=global_,
         )
+
+    # -- transactions ----------------------------------------------------------------
+
+    async def tx_select(self) -> None:
+        """Make the channel transactional: from now on its publishes and acks take
+        effect only at :meth:`tx_commit`, all together (or none at
+        :meth:`tx_rollback`). Idempotent. A robust channel stays transactional
+        across reopens.
+
+        RabbitMQ makes a transaction atomic for the queues of one node; it is not
+        a distributed transaction, and a commit is slow (the broker syncs it).
+
+        Raises:
+            ConfigurationError: the channel confirms publishes (a channel is in
+                confirm mode or in transaction mode, never both: RabbitMQ closes it
+                with 406); open it with ``publisher_confirms=False``.
+            ChannelClosedError: the channel is closed.
+        """
+        if self.publisher_confirms:
+            raise transactions_refused(self.number)
+        await self._ready_call("tx.select", ("tx.select-ok",))
+        self._transactional = True
+        self._tx_window = self._acks
+
+    async def tx_commit(self) -> None:
+        """Commit what was published and acked on the channel since the last commit
+        or rollback; a new transaction begins at once.
+
+        Acks are flushed first, so every ack made before this call is part of the
+        transaction. A transaction lives no longer than the channel it began on:
+        if the channel closed meanwhile (a robust channel reopens, still
+        transactional), its work is lost and this raises; whatever was done since
+        the reopen is rolled back too, so that redoing the whole transaction starts
+        clean.
+
+        Raises:
+            ConfigurationError: :meth:`tx_select` was never called.
+            ChannelClosedError: the channel closed since the transaction began
+                (nothing of it was committed), or closed during the commit (the
+                broker may or may not have committed: the cause is chained).
+            BrokerError: the broker refused the commit (the channel is closed).
+        """
+        await self._end_transaction("tx.commit")
+
+    async def tx_rollback(self) -> None:
+        """Discard what was published and acked since the last commit or rollback.
+
+        Deliveries whose acks are rolled back stay unacked (and cannot be acked
+        again: they count as settled here) until the channel closes, when the
+        broker requeues them.
+
+        Raises:
+            ConfigurationError: :meth:`tx_select` was never called.
+            ChannelClosedError: the channel closed since the transaction began.
+        """
+        await self._end_transaction("tx.rollback")
+
+    async def _end_transaction(self, method: str) -> None:
+        if not self._transactional:
+            raise not_transactional(self.number, method)
+        if self._state is not _OPEN:
+            await self._ensure_open()
+        if self._tx_window is not self._acks:
+            # Reopened since the transaction began: the broker dropped the old life's
+            # work; what the new life did is no part of a whole, so drop it too.
+            self._tx_window = self._acks
+            await self._call("tx.rollback", ("tx.rollback-ok",))
+            raise ChannelClosedError(
+                f"channel {self.number} closed during the transaction, which is lost: "
+                f"nothing of it was committed ({self._close_reason or 'reopened since'})"
+            ) from self._close_reason
+        self._acks.flush()  # coalesced acks would otherwise follow the commit
+        try:
+            await self._call(method, (f"{method}-ok",))
+        except BrokerError:
+            raise
+        except AMQPError as exc:
+            raise ChannelClosedError(
+                f"channel {self.number} closed during {method}: whether the broker "
+                f"completed it is unknown ({exc})"
+            ) from exc
 
     def _write(self, frame: bytes) -> None:
         protocol = self._connection._protocol

@@ -331,6 +331,9 @@ METHODS: tuple[MethodSpec, ...] = tuple(
         "120 nack delivery_tag:longlong multiple:bit requeue:bit",
     )
     + _spec("confirm", 85, "10 select no_wait:bit; 11 select-ok")
+    + _spec(
+        "tx", 90, "10 select; 11 select-ok; 20 commit; 21 commit-ok; 30 rollback; 31 rollback-ok"
+    )
 )
 
 METHODS_BY_NAME = {spec.name: spec for spec in METHODS}

@@ -3,7 +3,7 @@
 After a reconnect the connection re-declares the exchanges, queues and
 bindings declared through it (in the order they were declared; server-named
 queues get new names, reported to ``queue_renamed_callbacks``), then reopens
-each channel with its publisher confirms, qos and consumers. Publishes that
+each channel with its publisher confirms (or transaction mode), qos and consumers. Publishes that
 were in flight when the connection dropped fail with
 :class:`~leveret.exceptions.PublishNotConfirmedError`: nothing is reported as
 confirmed that the broker did not confirm.
@@ -44,7 +44,8 @@ class RobustChannel(Channel):
     """A channel of a :class:`RobustConnection`: it survives reconnects and broker
     closes. While it is down, operations wait for it to reopen (at most the
     connection's ``reconnect_timeout``); it is reopened with its publisher
-    confirms, qos and consumers."""
+    confirms or transaction mode, qos and consumers (a transaction open when it
+    closed is lost: see :meth:`tx_commit`)."""
 
     _connection: RobustConnection
 

@@ -41,7 +41,9 @@ from ._retry import (
     parked_queue,
 )
 from ._rpc import REPLY_TO, RPC, CompressedJsonRPC, JsonRPC, RPCMessageType
-from ._seam import GetChannel, PatternChannel, QueueType
+from ._schedule import Schedule, ScheduledTask
+from ._scheduler import Scheduler, read_last_fired, read_token, scheduler_queue
+from ._seam import GetChannel, PatternChannel, QueueType, TxChannel
 from ._serve import serve
 from ._worker import Worker
 
@@ -79,7 +81,11 @@ __all__ = [
     "RejectMessage",
     "RemoteError",
     "RetryPolicy",
+    "Schedule",
+    "ScheduledTask",
+    "Scheduler",
     "TaskInfo",
+    "TxChannel",
     "UnroutableError",
     "Worker",
     "add_observer",
@@ -89,7 +95,10 @@ __all__ = [
     "delay_queues",
     "list_dead_letters",
     "parked_queue",
+    "read_last_fired",
+    "read_token",
     "remove_observer",
     "replay_dead_letters",
+    "scheduler_queue",
     "serve",
 ]

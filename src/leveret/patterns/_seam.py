@@ -133,6 +133,19 @@ class GetChannel(PatternChannel, Protocol):
     async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None: ...
 
 
+class TxChannel(PatternChannel, Protocol):
+    """The seam plus transactions and closing, for the scheduler (a channel opened
+    with ``publisher_confirms=False``)."""
+
+    async def tx_select(self) -> None: ...
+
+    async def tx_commit(self) -> None: ...
+
+    async def tx_rollback(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 def is_quorum(
     queue: str, queue_type: QueueType, *, durable: bool, exclusive: bool, auto_delete: bool
 ) -> bool:

@@ -24,8 +24,10 @@ from ..amqp import (
     ReturnedMessage,
     dispatch_return,
     encode_shortstr,
+    not_transactional,
     publish_not_confirmed,
     resolve_confirm,
+    transactions_refused,
 )
 from ..exceptions import ConfigurationError
 from ._channel_core import ChannelCore, log
@@ -272,16 +274,17 @@ class MemoryChannel(ChannelCore, Declarations):
 
     async def tx_select(self) -> None:
         """Make this a transactional channel: publishes and settles take effect at
-        :meth:`tx_commit`. A channel with publisher confirms refuses (406), as
-        RabbitMQ refuses it: open the channel with ``publisher_confirms=False``.
+        :meth:`tx_commit`. A channel with publisher confirms refuses at once, as
+        :meth:`leveret.amqp.Channel.tx_select` does (RabbitMQ would close it, 406):
+        open the channel with ``publisher_confirms=False``.
 
         Raises:
-            PreconditionFailedError: the channel is in confirm mode (it closes).
+            ConfigurationError: the channel is in confirm mode (it stays open).
         """
+        if self.publisher_confirms:
+            raise transactions_refused(self.number)
 
         def select() -> None:
-            if self.publisher_confirms:
-                raise Refusal(406, "PRECONDITION_FAILED - cannot switch from confirm to tx mode")
             if self._transaction is None:
                 self._transaction = Transaction()
 
@@ -292,8 +295,10 @@ class MemoryChannel(ChannelCore, Declarations):
         are returned to :attr:`return_callbacks`) and settles; a new one begins.
 
         Raises:
-            PreconditionFailedError: ``tx_select`` was not called (the channel closes).
+            ConfigurationError: ``tx_select`` was not called (nothing is sent).
         """
+        if self._transaction is None:
+            raise not_transactional(self.number, "tx.commit")
 
         def commit() -> None:
             publishes, settles = self._transactional().take()
@@ -311,8 +316,10 @@ class MemoryChannel(ChannelCore, Declarations):
         (not requeued: settle them anew); a new transaction begins.
 
         Raises:
-            PreconditionFailedError: ``tx_select`` was not called (the channel closes).
+            ConfigurationError: ``tx_select`` was not called (nothing is sent).
         """
+        if self._transaction is None:
+            raise not_transactional(self.number, "tx.rollback")
 
         def rollback() -> None:
             self._transactional()
