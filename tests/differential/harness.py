@@ -45,6 +45,11 @@ class Side:
         (self._exchanges if exchange else self._queues).append(full)
         return full
 
+    def track(self, queue: str) -> str:
+        """Delete ``queue`` (a full name something else made) afterwards too."""
+        self._queues.append(queue)
+        return queue
+
     def exchange(self, short: str) -> str:
         return self.name(short, exchange=True)
 

@@ -192,3 +192,15 @@ async def test_an_empty_queue_name_means_the_channels_last_declared_queue(url: s
         ("get", b"x", 1),
         ("purge", 1),
     ]
+
+
+async def test_a_reply_text_longer_than_255_bytes_is_cut_as_the_broker_cuts_it(url: str) -> None:
+    async def scenario(broker: Side) -> None:
+        channel = await broker.channel()
+        missing = broker.prefix + "m" * (250 - len(broker.prefix))
+        await broker.attempt("passive", channel.queue_declare(missing, passive=True))
+
+    ((what, code, text, scope),) = await compare(url, scenario)
+    assert (what, code, scope) == ("passive", 404, "channel")
+    assert text.startswith("NOT_FOUND - no queue 'mmm")
+    assert text.endswith("mmm...")  # 252 bytes and the mark of the cut

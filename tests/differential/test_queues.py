@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from leveret.amqp import Delivery
-from leveret.patterns import Master
+from leveret.patterns import Master, dead_letter_queue
 from tests.differential.harness import Side, compare
 from tests.support.waiting import wait_until
 
@@ -44,6 +44,7 @@ async def test_a_task_created_with_a_priority_overtakes_waiting_ones(url: str) -
     async def scenario(broker: Side) -> None:
         channel = await broker.channel()
         queue = broker.name("tasks")
+        broker.track(dead_letter_queue(queue))
         await channel.queue_declare(queue, durable=True, arguments={"x-max-priority": 10})
         master = Master(channel)
         for n in range(3):

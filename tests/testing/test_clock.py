@@ -9,7 +9,9 @@ import pytest
 
 from leveret.amqp import Delivery
 from leveret.exceptions import ConfigurationError, NotFoundError
+from leveret.patterns import Master, RetryPolicy
 from leveret.testing import MemoryBroker, MemoryChannel, drain
+from tests.support.waiting import wait_until
 from tests.testing.conftest import Collector
 
 HOUR = 3600
@@ -104,3 +106,26 @@ async def test_the_real_clock_still_expires_short_ttls_and_time_never_goes_back(
     assert leveret_broker.clock.wall() - time.time() == pytest.approx(HOUR, abs=1)
     with pytest.raises(ConfigurationError, match="would move time back"):
         leveret_broker.advance(-1)
+
+
+async def test_a_task_retried_in_an_hour_runs_again_when_the_hour_is_advanced(
+    leveret_broker: MemoryBroker, leveret_master: Master
+) -> None:
+    runs: list[int] = []
+
+    def flaky(*, n: int) -> None:
+        runs.append(n)
+        if len(runs) == 1:
+            raise RuntimeError("not yet")
+
+    policy = RetryPolicy(max_attempts=2, backoff=HOUR, max_delay=HOUR, jitter=0)
+    await leveret_master.create_worker("flaky", flaky, retries=policy)
+    await leveret_master.proxy.flaky(n=1)
+    await wait_until(
+        lambda: any(q.message_count for q in leveret_broker.queues.values()), 5, "the retry to wait"
+    )
+    assert runs == [1]
+    leveret_broker.advance(HOUR)
+    await wait_until(lambda: len(runs) == 2, 5, "the retry to run")
+    await drain(leveret_master)
+    assert runs == [1, 1]

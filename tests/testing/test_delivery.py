@@ -253,3 +253,33 @@ async def test_a_forged_delivery_tag_closes_the_channel_as_rabbitmq_closes_it(
         ChannelClosedError, match="406 PRECONDITION_FAILED - unknown delivery tag 101"
     ):
         await leveret_channel.queue_declare("q", passive=True)
+
+
+async def test_a_message_handed_to_a_consumer_cancelled_before_it_ran_goes_back(
+    leveret_broker: MemoryBroker, leveret_channel: MemoryChannel
+) -> None:
+    await leveret_channel.queue_declare("q")
+    got = Collector()
+    tag = await leveret_channel.consume("q", got)
+    publisher = await leveret_channel.connection.channel(publisher_confirms=False)
+    await publisher.publish(b"x", routing_key="q")  # handed straight to the waiting consumer
+    await leveret_channel.cancel(tag)  # before its callback's loop turn came
+    await wait_until(lambda: leveret_broker.queues["q"].message_count == 1, 2, "it to go back")
+    assert got.deliveries == []
+    assert leveret_broker.queues["q"].unacked_count == 0
+
+
+async def test_a_transaction_open_when_its_channel_closes_is_rolled_back(
+    leveret_broker: MemoryBroker, leveret_connection: MemoryConnection
+) -> None:
+    channel = await leveret_connection.channel(publisher_confirms=False)
+    await channel.queue_declare("q")
+    await channel.publish(b"held", routing_key="q")
+    await channel.tx_select()
+    delivery = await channel.get("q")
+    assert delivery is not None
+    delivery.ack()  # not committed
+    await channel.publish(b"never", routing_key="q")  # not committed
+    await channel.close()
+    (message,) = leveret_broker.queues["q"].messages()
+    assert (message.body, message.redelivered) == (b"held", True)

@@ -184,3 +184,22 @@ async def test_an_expiration_of_zero_drops_a_message_at_once(
     await leveret_channel.publish(b"now", routing_key="q", expiration=0)
     await drain("q", broker=leveret_broker)
     assert [m.body for m in leveret_broker.queues["dead"].messages()] == [b"now"]
+
+
+async def test_an_at_least_once_dead_letter_with_nowhere_to_go_is_dropped_with_a_warning(
+    leveret_broker: MemoryBroker, leveret_channel: MemoryChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    arguments = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "missing",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    await leveret_channel.queue_declare("q", durable=True, arguments=arguments)
+    await leveret_channel.publish(b"x", routing_key="q")
+    delivery = await leveret_channel.get("q")
+    assert delivery is not None
+    delivery.reject(requeue=False)
+    assert "RabbitMQ would keep it (at-least-once)" in caplog.text
+    assert leveret_broker.queues["q"].message_count == 0

@@ -10,6 +10,7 @@ the old one is closed (a broker shared by tests that each run their own loop).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -36,6 +37,8 @@ from ._validation import CAPABILITIES, check_classic_settings, check_queue_argum
 
 if TYPE_CHECKING:
     from ._connection import MemoryConnection
+
+log = logging.getLogger("leveret.testing")
 
 # Arguments RabbitMQ compares when a queue is declared again (others are ignored).
 EQUIVALENT_ARGS = (
@@ -327,8 +330,10 @@ class MemoryBroker(Exchanges):
     def _dead_letter(self, message: StoredMessage, queue: MemoryQueue, reason: str) -> None:
         """Send a message that left ``queue`` for ``reason`` to its dead-letter exchange.
 
-        Without ``x-dead-letter-exchange`` (or with one that does not exist) the
-        message is dropped, as RabbitMQ drops it.
+        Without ``x-dead-letter-exchange`` (or with one that does not exist, or
+        routing nowhere) the message is dropped, as RabbitMQ drops it, except
+        under at-least-once dead-lettering, where RabbitMQ keeps it and retries
+        (minutes later): the in-memory broker drops it too and logs a warning.
         """
         arguments = queue.arguments
         exchange_name = arguments.get("x-dead-letter-exchange")
@@ -339,14 +344,18 @@ class MemoryBroker(Exchanges):
         properties, deaths = dead_lettered_properties(
             message, queue.name, reason, self.clock.wall()
         )
-        if exchange_name:
-            exchange = self._exchanges.get(exchange_name)
-            if exchange is None:
-                return
+        exchange = self._exchanges.get(exchange_name) if exchange_name else None
+        if exchange is not None:
             # Not self.route: the broker itself may dead-letter to an internal exchange.
             targets = route(exchange, [routing_key], properties.headers or {}, self._exchanges.get)
         else:
-            targets = self.route("", [routing_key], {})
+            targets = self.route("", [routing_key], {}) if not exchange_name else []
+        if not targets and queue.at_least_once_dead_lettering:
+            log.warning(
+                "a dead letter of queue %r found no queue; RabbitMQ would keep it "
+                "(at-least-once) and retry, the in-memory broker drops it",
+                queue.name,
+            )
         encoded = properties.encode()
         for target in targets:
             if is_dead_letter_cycle(target.name, deaths, reason):

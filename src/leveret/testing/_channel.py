@@ -312,8 +312,9 @@ class MemoryChannel(ChannelCore, Declarations):
         await self._request("tx.commit", commit)
 
     async def tx_rollback(self) -> None:
-        """Drop the transaction's publishes; deliveries it settled are unacked again
-        (not requeued: settle them anew); a new transaction begins.
+        """Drop the transaction's publishes; deliveries it settled are unacked again on
+        the broker, as on RabbitMQ (not requeued: they go back when the channel
+        closes); a new transaction begins.
 
         Raises:
             ConfigurationError: ``tx_select`` was not called (nothing is sent).

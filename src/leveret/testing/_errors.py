@@ -23,8 +23,11 @@ class Refusal(Exception):
     """The broker says no: ``code`` and RabbitMQ's ``text`` for it."""
 
     def __init__(self, code: int, text: str, *, scope: Scope | None = None) -> None:
-        # The reply text is an AMQP short string: RabbitMQ cuts it at 255 bytes.
-        text = text.encode()[:255].decode(errors="ignore")
+        # The reply text is an AMQP short string: RabbitMQ cuts a longer one to 252
+        # bytes and marks the cut with "...".
+        encoded = text.encode()
+        if len(encoded) > 255:
+            text = encoded[:252].decode(errors="ignore") + "..."
         super().__init__(code, text)
         self.code = code
         self.text = text

@@ -149,6 +149,17 @@ class MemoryQueue:
         return self.queue_type == "quorum"
 
     @property
+    def at_least_once_dead_lettering(self) -> bool:
+        """RabbitMQ 3.10 dead-letters at least once only from a quorum queue with
+        ``x-overflow: reject-publish`` (otherwise at most once)."""
+        arguments = self._arguments
+        return (
+            self.is_quorum
+            and arguments.get("x-dead-letter-strategy") == "at-least-once"
+            and self._overflow == "reject-publish"
+        )
+
+    @property
     def has_consumers(self) -> bool:
         return bool(self._subscriptions)
 
