@@ -84,6 +84,11 @@ async def test_a_broker_restart_mid_delay_loses_no_confirmed_delayed_task(
         await wait_until(
             lambda: worker_conn.reconnects and publisher_conn.reconnects, 30, "both reconnects"
         )
+        # The same Master goes on sending delayed tasks after the reconnect.
+        for task_id in range(len(delays), len(delays) + 20):
+            due[task_id] = time.monotonic() + 0.5
+            await publisher.create_task(queue, {"task_id": task_id}, delay=0.5)
+            ledger.confirmed.add(task_id)
         await wait_until(ledger.all_confirmed_processed, 60, "every confirmed delayed task")
         figures.update(ledger.figures(), waiting_at_restart=waiting, early=len(early))
         assert not ledger.lost
