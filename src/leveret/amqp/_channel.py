@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..exceptions import (
@@ -26,16 +26,29 @@ from ..exceptions import (
     ChannelClosedError,
     ConfigurationError,
     ProtocolError,
+    PublishError,
     broker_error,
 )
 from ._acks import AckWindow
 from ._closing import AsyncClosing
 from ._codec import Method, encode_method_frame, method_name
-from ._confirms import ConfirmWindow, ReturnCallback, dispatch_return
+from ._confirms import (
+    ConfirmWindow,
+    Destination,
+    ReturnCallback,
+    dispatch_return,
+    publish_not_confirmed,
+)
 from ._consumer import Consumer, Consuming, broker_cancelled, notify_cancel
 from ._content import ChannelFrames
 from ._declare import Declarations
-from ._frames import Properties, encode_properties, message_frames, publish_method_frame
+from ._frames import (
+    Properties,
+    encode_properties,
+    message_frames,
+    property_blocks,
+    publish_method_frame,
+)
 from ._message import Delivery, ReturnedMessage
 from ._states import ChannelState
 from ._tasks import TaskOwner
@@ -46,6 +59,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret.amqp")
 
 _PUBLISH_CACHE_SIZE: Final = 1024
+#: Messages of publish_many() per write: large enough to cost little per message, small
+#: enough that the broker works on one batch while the next is built ...
+_BATCH: Final = 256
+#: ... and at most this many of them written and not confirmed yet: a broker given a
+#: whole large batch at once slows down (flow control), and memory stays bounded.
+_WINDOW: Final = 2048
 
 _OPENING: Final = ChannelState.OPENING
 _OPEN: Final = ChannelState.OPEN
@@ -326,12 +345,7 @@ class Channel(Declarations, Consuming, AsyncClosing):
         else:
             props = properties.encode()
         key = (exchange, routing_key, mandatory)
-        method = self._publish_cache.get(key)
-        if method is None:
-            method = publish_method_frame(self.number, exchange, routing_key, mandatory)
-            if len(self._publish_cache) >= _PUBLISH_CACHE_SIZE:
-                self._publish_cache.clear()
-            self._publish_cache[key] = method
+        method = self._publish_cache.get(key) or self._publish_method(key)
         protocol = connection._protocol
         assert protocol is not None
         frames = message_frames(method, self.number, props, body, connection.frame_max)
@@ -345,6 +359,105 @@ class Channel(Declarations, Consuming, AsyncClosing):
         confirms.expect(future, key if mandatory else None, body)
         protocol.write(frames)
         await future
+
+    def _publish_method(self, key: Destination) -> bytes:
+        """The ``basic.publish`` frame for ``(exchange, routing_key, mandatory)``, cached."""
+        method = publish_method_frame(self.number, *key)
+        if len(self._publish_cache) >= _PUBLISH_CACHE_SIZE:
+            self._publish_cache.clear()
+        self._publish_cache[key] = method
+        return method
+
+    async def publish_many(
+        self,
+        bodies: Sequence[bytes],
+        *,
+        routing_key: str,
+        exchange: str = "",
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        message_ids: Sequence[str] | None = None,
+        headers: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[PublishError | None]:
+        """Publish many messages to one destination, written a batch at a time with their
+        confirms pipelined; on a confirming channel, return once the broker has answered
+        for every one.
+
+        Every message has ``properties``, and its own message id and headers when
+        ``message_ids`` or ``headers`` (one per body) are given. What they share is
+        encoded once, not per message.
+
+        Returns:
+            For each body, ``None`` if the broker took it, else what :meth:`publish`
+            would have raised for it: :class:`PublishNackedError`,
+            :class:`MessageReturnedError` (``mandatory`` and unroutable), or
+            :class:`PublishNotConfirmedError` (the channel closed before the broker
+            answered, or before it was sent). On a channel without confirms, all
+            ``None`` once written.
+
+        Raises:
+            ChannelClosedError: the channel is closed; nothing was sent.
+            ConfigurationError: a property is invalid, or the properties do not fit
+                in one frame; nothing was sent.
+            ValueError: ``message_ids`` or ``headers`` has not one entry per body.
+        """
+        count = len(bodies)
+        for given in (message_ids, headers):
+            if given is not None and len(given) != count:
+                raise ValueError(f"publish_many: {len(given)} message ids or headers for {count}")
+        shared = properties.as_dict() if properties is not None else {}
+        if message_ids is not None:
+            shared.pop("message_id", None)
+        if headers is not None:
+            shared.pop("headers", None)
+        blocks = property_blocks(count, shared, message_ids, headers)
+        key = (exchange, routing_key, mandatory)
+        method = self._publish_cache.get(key) or self._publish_method(key)
+        results: list[PublishError | None] = [None] * count
+        futures: list[asyncio.Future[None]] = []
+        number = self.number
+        for start in range(0, count, _BATCH):
+            try:
+                if self._state is not _OPEN:
+                    await self._ensure_open()
+                connection = self._connection
+                if not connection._may_write:
+                    await connection._wait_writable()
+                    if self._state is not _OPEN:
+                        await self._ensure_open()
+            except ChannelClosedError as exc:
+                if not start:
+                    raise
+                unsent = publish_not_confirmed(number, exc)
+                results[start:] = [unsent] * (count - start)
+                break
+            protocol = connection._protocol
+            assert protocol is not None
+            frame_max = connection.frame_max
+            if not start:  # the largest block fits, or nothing is sent
+                message_frames(method, number, max(blocks, key=len), b"", frame_max)
+            confirms = self._confirms if self.publisher_confirms else None
+            destination = key if mandatory else None
+            parts = []
+            for i in range(start, min(start + _BATCH, count)):
+                body = bodies[i]
+                if body.__class__ is not bytes:
+                    body = _as_bytes(body)
+                parts.append(message_frames(method, number, blocks[i], body, frame_max))
+                if confirms is not None:
+                    future: asyncio.Future[None] = self._loop.create_future()
+                    confirms.expect(future, destination, body)
+                    futures.append(future)
+            protocol.write(b"".join(parts))
+            await asyncio.sleep(0)  # let this batch go out while the next one is built
+            if len(futures) > _WINDOW:
+                await asyncio.wait([futures[-_WINDOW]])
+        for i, future in enumerate(futures):
+            try:
+                await future
+            except PublishError as exc:
+                results[i] = exc
+        return results
 
     def _on_return(self, message: ReturnedMessage) -> None:
         """A ``basic.return``: to the publish awaiting it, else to the return callbacks."""

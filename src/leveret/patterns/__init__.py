@@ -8,6 +8,7 @@ Built on the :class:`PatternChannel` seam; JSON by default, other formats by
 """
 
 from ..exceptions import (
+    BatchPublishError,
     CallInterruptedError,
     CallRedeliveredError,
     MessageProcessingError,
@@ -51,6 +52,7 @@ __all__ = [
     "REPLY_TO",
     "RPC",
     "Base",
+    "BatchPublishError",
     "CallInterruptedError",
     "CallRedeliveredError",
     "CompressedJsonMaster",
