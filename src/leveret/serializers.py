@@ -11,6 +11,7 @@ JSON worker is rejected, never unpickled.
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import re
@@ -232,6 +233,7 @@ class PickleSerializer(Serializer):
         return pickle.loads(data)  # only on receivers that opted into pickle
 
 
+@functools.lru_cache(maxsize=256)  # parsed once per content type, not once per delivery
 def media_type(content_type: str | None) -> str | None:
     """The content type to match against an accept-list.
 

@@ -45,6 +45,7 @@ from ._declare import Declarations
 from ._frames import (
     Properties,
     encode_properties,
+    id_properties,
     message_frames,
     property_blocks,
     publish_method_frame,
@@ -326,7 +327,22 @@ class Channel(Declarations, Consuming, AsyncClosing):
                 await self._ensure_open()
         if body.__class__ is not bytes:  # the exact type is the fast path
             body = _as_bytes(body)
-        if properties is None:
+        if properties is not None:
+            props = properties.encode()
+        elif (  # a task's properties: the constant part is cached
+            headers is None
+            and content_encoding is None
+            and priority is None
+            and correlation_id is None
+            and reply_to is None
+            and expiration is None
+            and timestamp is None
+            and type is None
+            and user_id is None
+            and app_id is None
+        ):
+            props = id_properties(content_type, delivery_mode, message_id)
+        else:
             props = encode_properties(
                 content_type,
                 content_encoding,
@@ -342,8 +358,6 @@ class Channel(Declarations, Consuming, AsyncClosing):
                 user_id,
                 app_id,
             )
-        else:
-            props = properties.encode()
         key = (exchange, routing_key, mandatory)
         method = self._publish_cache.get(key) or self._publish_method(key)
         protocol = connection._protocol

@@ -333,6 +333,35 @@ def _decode_rare_properties(props: Properties, flags: int, buf: bytes, offset: i
             offset = end
 
 
+#: The flags and values before the message id of :func:`id_properties`' blocks, by
+#: (content type, delivery mode, whether there is a message id).
+_ID_PREFIXES: dict[tuple[str | None, int | None, bool], bytes] = {}
+
+
+def id_properties(
+    content_type: str | None, delivery_mode: int | None, message_id: str | None
+) -> bytes:
+    """``encode_properties(content_type, delivery_mode=..., message_id=...)`` (what a
+    task carries), with the part before the message id encoded once per content type
+    and delivery mode.
+
+    Raises:
+        ConfigurationError: as :func:`encode_properties`.
+    """
+    key = (content_type, delivery_mode, message_id is not None)
+    prefix = _ID_PREFIXES.get(key)
+    if prefix is None:
+        prefix = encode_properties(content_type, None, None, delivery_mode)
+        if message_id is not None:
+            prefix = _u16.pack(_u16.unpack_from(prefix)[0] | _MESSAGE_ID) + prefix[2:]
+        if len(_ID_PREFIXES) >= 64:  # content types are few; never let them grow unbounded
+            _ID_PREFIXES.clear()
+        _ID_PREFIXES[key] = prefix
+    if message_id is None:
+        return prefix
+    return prefix + encode_shortstr(message_id, "message_id")
+
+
 #: The properties encoded before the message id (the rest come after it).
 _BEFORE_MESSAGE_ID = frozenset(_PROPERTY_NAMES[: _PROPERTY_NAMES.index("message_id")])
 
