@@ -5,7 +5,7 @@ refuses or would read or write differently is left to stock json."""
 from __future__ import annotations
 
 import datetime
-import importlib.util
+import importlib
 import json
 import math
 from typing import Any
@@ -16,7 +16,11 @@ from leveret import serializers
 from leveret.exceptions import ConfigurationError, SerializationError
 from leveret.serializers import JSONSerializer
 
-ORJSON = importlib.util.find_spec("orjson") is not None
+try:
+    importlib.import_module("orjson")
+    ORJSON = True
+except ImportError:
+    ORJSON = False
 orjson_installed = pytest.mark.skipif(not ORJSON, reason="needs the speed extra (orjson)")
 BACKENDS = [pytest.param(True, id="orjson", marks=orjson_installed), pytest.param(False, id="json")]
 
