@@ -30,6 +30,7 @@ from ..exceptions import (
     broker_error,
 )
 from ._acks import AckWindow
+from ._batch import publish_batches
 from ._closing import AsyncClosing
 from ._codec import Method, encode_method_frame, method_name
 from ._confirms import (
@@ -37,7 +38,6 @@ from ._confirms import (
     Destination,
     ReturnCallback,
     dispatch_return,
-    publish_not_confirmed,
 )
 from ._consumer import Consumer, Consuming, broker_cancelled, notify_cancel
 from ._content import ChannelFrames
@@ -47,7 +47,6 @@ from ._frames import (
     encode_properties,
     id_properties,
     message_frames,
-    property_blocks,
     publish_method_frame,
 )
 from ._message import Delivery, ReturnedMessage
@@ -60,12 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret.amqp")
 
 _PUBLISH_CACHE_SIZE: Final = 1024
-#: Messages of publish_many() per write: large enough to cost little per message, small
-#: enough that the broker works on one batch while the next is built ...
-_BATCH: Final = 256
-#: ... and at most this many of them written and not confirmed yet: a broker given a
-#: whole large batch at once slows down (flow control), and memory stays bounded.
-_WINDOW: Final = 2048
 
 _OPENING: Final = ChannelState.OPENING
 _OPEN: Final = ChannelState.OPEN
@@ -415,63 +408,9 @@ class Channel(Declarations, Consuming, AsyncClosing):
                 in one frame; nothing was sent.
             ValueError: ``message_ids`` or ``headers`` has not one entry per body.
         """
-        count = len(bodies)
-        for given in (message_ids, headers):
-            if given is not None and len(given) != count:
-                raise ValueError(f"publish_many: {len(given)} message ids or headers for {count}")
-        shared = properties.as_dict() if properties is not None else {}
-        if message_ids is not None:
-            shared.pop("message_id", None)
-        if headers is not None:
-            shared.pop("headers", None)
-        blocks = property_blocks(count, shared, message_ids, headers)
-        key = (exchange, routing_key, mandatory)
-        method = self._publish_cache.get(key) or self._publish_method(key)
-        results: list[PublishError | None] = [None] * count
-        futures: list[asyncio.Future[None]] = []
-        number = self.number
-        for start in range(0, count, _BATCH):
-            try:
-                if self._state is not _OPEN:
-                    await self._ensure_open()
-                connection = self._connection
-                if not connection._may_write:
-                    await connection._wait_writable()
-                    if self._state is not _OPEN:
-                        await self._ensure_open()
-            except ChannelClosedError as exc:
-                if not start:
-                    raise
-                unsent = publish_not_confirmed(number, exc)
-                results[start:] = [unsent] * (count - start)
-                break
-            protocol = connection._protocol
-            assert protocol is not None
-            frame_max = connection.frame_max
-            if not start:  # the largest block fits, or nothing is sent
-                message_frames(method, number, max(blocks, key=len), b"", frame_max)
-            confirms = self._confirms if self.publisher_confirms else None
-            destination = key if mandatory else None
-            parts = []
-            for i in range(start, min(start + _BATCH, count)):
-                body = bodies[i]
-                if body.__class__ is not bytes:
-                    body = _as_bytes(body)
-                parts.append(message_frames(method, number, blocks[i], body, frame_max))
-                if confirms is not None:
-                    future: asyncio.Future[None] = self._loop.create_future()
-                    confirms.expect(future, destination, body)
-                    futures.append(future)
-            protocol.write(b"".join(parts))
-            await asyncio.sleep(0)  # let this batch go out while the next one is built
-            if len(futures) > _WINDOW:
-                await asyncio.wait([futures[-_WINDOW]])
-        for i, future in enumerate(futures):
-            try:
-                await future
-            except PublishError as exc:
-                results[i] = exc
-        return results
+        return await publish_batches(
+            self, bodies, (exchange, routing_key, mandatory), properties, message_ids, headers
+        )
 
     def _on_return(self, message: ReturnedMessage) -> None:
         """A ``basic.return``: to the publish awaiting it, else to the return callbacks."""
