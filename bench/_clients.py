@@ -230,44 +230,58 @@ class PatternsClient(TaskDriver, Protocol):
 
 
 class LeveretPatterns:
-    def __init__(self, connection: leveret.RobustConnection, channel: leveret.Channel) -> None:
+    def __init__(
+        self,
+        connection: leveret.RobustConnection,
+        channel: leveret.Channel,
+        options: dict[str, Any],
+    ) -> None:
         self._connection = connection
         self._channel = channel
         self._master: patterns.Master | None = None
         self._rpc: patterns.RPC | None = None
+        self._options = options  # for Master and RPC: the JSON serializer, if chosen
 
     @classmethod
-    async def open(cls, url: str, name: str, confirms: bool) -> LeveretPatterns:
+    async def open(
+        cls, url: str, name: str, confirms: bool, speed: bool | None = None
+    ) -> LeveretPatterns:
+        """``speed``: JSON on orjson (True) or on stock json (False); None: the default."""
         import leveret
 
+        options: dict[str, Any] = {}
+        if speed is not None:
+            from leveret.serializers import JSONSerializer
+
+            options["serializer"] = JSONSerializer(fast=speed)
         connection = await leveret.connect_robust(url, name=name)
         channel = await connection.channel(publisher_confirms=confirms)
-        return cls(connection, channel)
+        return cls(connection, channel, options)
 
     async def start_worker(
         self, queue: str, func: TaskFunc, durable: bool, prefetch: int | None
     ) -> None:
         from leveret.patterns import Master
 
-        self._master = Master(self._channel)
+        self._master = Master(self._channel, **self._options)
         await self._master.create_worker(queue, func, durable=durable, prefetch_count=prefetch)
 
     async def task_creator(self) -> Send:
         from leveret.patterns import Master
 
-        self._master = Master(self._channel)
+        self._master = Master(self._channel, **self._options)
         return self._master.create_task
 
     async def start_callee(self, queue: str, func: TaskFunc, prefetch: int | None) -> None:
         from leveret.patterns import RPC
 
-        self._rpc = await RPC.create(self._channel)
+        self._rpc = await RPC.create(self._channel, **self._options)
         await self._rpc.register(queue, func, prefetch_count=prefetch)
 
     async def rpc_caller(self) -> Send:
         from leveret.patterns import RPC
 
-        self._rpc = await RPC.create(self._channel)
+        self._rpc = await RPC.create(self._channel, **self._options)
         return self._rpc.call
 
     async def close(self) -> None:
@@ -339,20 +353,23 @@ class AioPikaPatterns:
 
 
 async def open_patterns_client(
-    library: str, url: str, name: str, confirms: bool = True
+    library: str, url: str, name: str, confirms: bool = True, speed: bool | None = None
 ) -> PatternsClient:
+    """``speed``: leveret's JSON on orjson or not (see :meth:`LeveretPatterns.open`)."""
     if library == "leveret":
-        return await LeveretPatterns.open(url, name, confirms)
+        return await LeveretPatterns.open(url, name, confirms, speed)
     if library == "aio-pika":
         return await AioPikaPatterns.open(url, name, confirms)
     raise ValueError(f"unknown library {library!r}")
 
 
-async def open_driver(library: str, url: str, name: str, confirms: bool = True) -> TaskDriver:
+async def open_driver(
+    library: str, url: str, name: str, confirms: bool = True, speed: bool | None = None
+) -> TaskDriver:
     """The producer/caller side of ``library``: the patterns client, or a peer's driver
     (which reads its run from the environment: see ``bench/peers/_run.py``)."""
     if library in ("leveret", "aio-pika"):
-        return await open_patterns_client(library, url, name, confirms)
+        return await open_patterns_client(library, url, name, confirms, speed)
     from bench.peers import PEERS
 
     modules = {peer.driver for peer in PEERS if peer.library == library and peer.driver}

@@ -36,7 +36,13 @@ def _child(
     """Entry point of a spawned child: run ``main(*args)``, hand back its result or the
     traceback; on failure break the barriers so no other process waits for this one."""
     try:
-        result = asyncio.run(main(*args))
+        factory = None
+        if getattr(args[0], "speed", None):  # a Case with the speed extra: uvloop
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            result = runner.run(main(*args))
         result["role"] = role
     except BaseException:
         for barrier in barriers:

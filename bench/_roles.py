@@ -38,6 +38,8 @@ class Case:
     confirms: bool = True
     checkpoints: tuple[int, ...] = ()  # memory: read RSS after this many tasks
     profile: bool = False
+    #: leveret with the speed extra (uvloop, JSON on orjson) or without; None: as installed
+    speed: bool | None = None
 
     @property
     def is_master(self) -> bool:
@@ -143,7 +145,9 @@ async def serve_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str,
                 if not done.done():
                     done.set_result(None)
 
-        client = await open_patterns_client(case.library, url, client_name(case, "worker"))
+        client = await open_patterns_client(
+            case.library, url, client_name(case, "worker"), speed=case.speed
+        )
         try:
             await client.start_worker(queue, task, case.durable, case.prefetch)
             if case.warmup == 0:  # nothing is sent before everyone is ready
@@ -167,7 +171,7 @@ async def serve_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str,
 async def send_tasks(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
     """The producer process: warm up, then send N tasks over ``case.lanes`` lanes."""
     name = client_name(case, "producer")
-    client = await open_driver(case.library, url, name, case.confirms)
+    client = await open_driver(case.library, url, name, case.confirms, case.speed)
     try:
         create_task = await client.task_creator()
 
@@ -197,7 +201,7 @@ async def multiply(*, x: int, y: int) -> int:
 async def serve_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
     """The callee process: serve until the main process says stop."""
     client = await open_patterns_client(
-        case.library, url, client_name(case, "callee"), case.confirms
+        case.library, url, client_name(case, "callee"), case.confirms, case.speed
     )
     try:
         await client.start_callee(queue, multiply, case.prefetch)
@@ -215,7 +219,7 @@ async def serve_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str,
 async def make_calls(case: Case, url: str, queue: str, sync: Sync) -> dict[str, Any]:
     """The caller process: warm up, then N calls with ``case.lanes`` in flight."""
     name = client_name(case, "caller")
-    client = await open_driver(case.library, url, name, case.confirms)
+    client = await open_driver(case.library, url, name, case.confirms, case.speed)
     try:
         call = await client.rpc_caller()
         latencies: list[int] = []

@@ -15,6 +15,10 @@ process (multiprocessing, spawn), and prints a table:
 4. ``memory``: peak RSS (VmHWM) of a leveret worker process after 10k and after 1M
    tasks, read from /proc by the worker itself.
 
+``--speed`` runs each leveret case of 1-3 twice: without the speed extra (the event
+loop of asyncio, JSON on stock ``json``) and with it (uvloop, JSON on orjson: the
+variant ending in ``, speed``); it needs ``pip install -e '.[speed]'``.
+
 Results go to ``bench/results/patterns-<timestamp>.json`` and
 ``bench/results/patterns-latest.json``. Nothing here asserts a time: the numbers
 depend on the machine and on whatever else runs on it ("other load" in the
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import queue as queue_module
 import sys
@@ -246,6 +251,19 @@ def plan(args: argparse.Namespace) -> dict[str, list[Case]]:
                     checkpoints=(args.memory_checkpoint, total),
                 )
             )
+        if args.speed and scenario != "memory":
+            entries = [
+                variant
+                for case in entries
+                for variant in (
+                    [
+                        dataclasses.replace(case, speed=False),
+                        dataclasses.replace(case, variant=f"{case.variant}, speed", speed=True),
+                    ]
+                    if case.library == "leveret" and case.prefetch is None
+                    else [case]
+                )
+            ]
         if entries:
             cases[scenario] = entries
     return cases
@@ -542,6 +560,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--memory-checkpoint", type=int, default=10_000, help="the early RSS reading"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory run")
+    parser.add_argument(
+        "--speed",
+        action="store_true",
+        help="run each leveret case without the speed extra (asyncio, stock json) and "
+        "again with it (uvloop, orjson: the variant ending in ', speed')",
+    )
     parser.add_argument("--url", default=os.environ.get("AMQP_URL", DEFAULT_URL))
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
     parser.add_argument(

@@ -233,3 +233,24 @@ async def test_connect_and_connect_robust_reach_the_in_memory_broker() -> None:
         async with await connect_robust("memory://app-test") as client:
             caller = await RPC.create(await client.channel())
             assert await caller.call("double", {"x": 21}) == 42
+
+
+async def test_send_many_queues_every_task_and_refuses_a_misfit_before_sending_any() -> None:
+    app = _app()
+    done: list[int] = []
+
+    @app.task
+    async def resize(*, image_id: int, width: int = 640) -> None:
+        done.append(image_id)
+
+    async with app.testing() as running:
+        await resize.send_many({"image_id": n} for n in range(300))
+        await running.drain()
+        assert sorted(done) == list(range(300))
+        with pytest.raises(TypeError) as refused:
+            await resize.send_many([{"image_id": 1}, {"image": 2}])
+        assert str(refused.value) == (
+            f"task 1: {resize.name}.send_many(): missing argument image_id; unexpected "
+            "argument image; the function is resize(*, image_id: int, width: int = 640) -> None"
+        )
+        assert running.broker.queues[resize.name].message_count == 0

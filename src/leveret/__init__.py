@@ -11,6 +11,7 @@ from .app import App
 from .exceptions import (
     AMQPConnectionError,
     AMQPError,
+    BatchPublishError,
     BrokerError,
     ConfigurationError,
     ConnectError,
@@ -29,6 +30,7 @@ __all__ = [
     "AMQPConnectionError",
     "AMQPError",
     "App",
+    "BatchPublishError",
     "BrokerError",
     "Channel",
     "ChannelLike",

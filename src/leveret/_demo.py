@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import connect_robust
+from ._loops import event_loop_name
 from .patterns import RPC, Master
 
 
@@ -112,7 +113,7 @@ async def run_demo(url: str, shown: str, tasks: int, calls: int, console: Consol
         await callee.register(f"{prefix}.multiply", multiply, auto_delete=True)
         master = Master(await client.channel())
         rpc = await RPC.create(await client.channel(publisher_confirms=False), timeout=10)
-        console.print(f"leveret demo against {shown}")
+        console.print(f"leveret demo against {shown} (event loop {event_loop_name()})")
 
         async def produce(first: int) -> None:
             for image_id in range(first, tasks, 64):

@@ -151,6 +151,32 @@ class TaskHandle(_Handle, Generic[P, R]):
         master = await self.app._master()
         await master.create_task(self.name, kwargs=kwargs, eta=eta)
 
+    async def send_many(self, kwargs_list: Iterable[Mapping[str, Any]]) -> None:
+        """Queue one task for each mapping of keyword arguments, in batches (see
+        :meth:`Master.create_tasks`); return once the broker has confirmed every one.
+
+        Raises:
+            TypeError: one of them is not a mapping, or does not fit the function's
+                signature (its index is named; nothing is sent).
+            BatchPublishError: some were not taken by the broker (its ``failures``
+                say which, by index, and why); the others were.
+        """
+        batch = []
+        for index, kwargs in enumerate(kwargs_list):
+            if not isinstance(kwargs, Mapping):
+                raise TypeError(
+                    f"{self.name}.send_many(): task {index} is {type(kwargs).__name__}, "
+                    "not a mapping of keyword arguments"
+                )
+            kwargs = dict(kwargs)
+            try:
+                self._check("send_many", (), kwargs)
+            except TypeError as exc:
+                raise TypeError(f"task {index}: {exc}") from None
+            batch.append(kwargs)
+        master = await self.app._master()
+        await master.create_tasks(self.name, batch)
+
     def __repr__(self) -> str:
         return f"<task {self.name!r} of {self.app!r}>"
 

@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - depends on the install
 from . import __version__
 from ._connect import ChannelLike, connect, connect_robust, safe_url
 from ._hints import connect_failure
+from ._loops import LOOPS, event_loop_name, loop_factory
 from ._supervisor import NotStopped, run_processes
 from .amqp import DEFAULT_URL, QueueDeclareOk, parse_urls
 from .app import App
@@ -167,10 +168,31 @@ def _broker_url(given: str | None, app: App | None = None, target: str = "") -> 
     return given
 
 
-def _run_async(url: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """``asyncio.run(main())``, its failures turned into one-line exits."""
+def _loop_option() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            loop_factory(value)
+        except ConfigurationError as exc:
+            raise _BadValue(f"--loop {value}: {exc}", ctx) from None
+        return value
+
+    return click.option(
+        "--loop",
+        type=click.Choice(LOOPS),
+        default="auto",
+        show_default=True,
+        callback=check,
+        help="The event loop: uvloop (pip install 'leveret[speed]'), asyncio's own, or "
+        "auto: uvloop when it is installed.",
+    )
+
+
+def _run_async(url: str, main: Callable[[], Coroutine[Any, Any, T]], loop: str = "asyncio") -> T:
+    """``asyncio.run(main())`` on the event loop ``loop`` names (see ``--loop``), its
+    failures turned into one-line exits."""
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+            return runner.run(main())
     except ConnectError as exc:
         raise _Failure(connect_failure(exc, url)) from None
     except NotFoundError as exc:
@@ -444,6 +466,7 @@ def _counted(app: App) -> str:
     type=click.IntRange(1, 65535),
     help="Serve Prometheus metrics here (needs leveret[metrics]).",
 )
+@_loop_option()
 @_url_option(_APP_URL_DEFAULT)
 def run(
     target: str,
@@ -451,6 +474,7 @@ def run(
     prefetch: int | None,
     shutdown_timeout: float,
     metrics_port: int | None,
+    loop: str,
     url: str | None,
 ) -> None:
     """Serve the tasks and RPC methods of TARGET (module:app) until SIGINT or SIGTERM.
@@ -466,8 +490,10 @@ def run(
     if processes > 1:
         if url.startswith("memory://"):
             raise _BadValue("--processes above 1 needs RabbitMQ: memory:// is in one process")
-        sys.exit(_run_processes(target, processes, prefetch, shutdown_timeout, metrics_port, url))
-    _serve(app, target, url, prefetch, shutdown_timeout, metrics_port)
+        sys.exit(
+            _run_processes(target, processes, prefetch, shutdown_timeout, metrics_port, loop, url)
+        )
+    _serve(app, target, url, prefetch, shutdown_timeout, metrics_port, loop)
 
 
 def _serve(
@@ -477,6 +503,7 @@ def _serve(
     prefetch: int | None,
     shutdown_timeout: float,
     metrics_port: int | None,
+    loop: str,
 ) -> None:
     log = logging.getLogger("leveret.cli")
     if metrics_port is not None:
@@ -489,21 +516,22 @@ def _serve(
             connection = await connect_robust(url, name=f"{app.name} worker")
         # Once workers may take tasks, a signal is kept for later rather than the
         # default death; serve() takes the signals over without a gap.
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         early: list[signal.Signals] = []
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, early.append, signum)
+            running.add_signal_handler(signum, early.append, signum)
         async with connection:
             master, rpc = await app.start(connection, prefetch_count=prefetch)
             scheduler = await app.start_scheduler(connection)
             services = (master, rpc) if scheduler is None else (master, rpc, scheduler)
             log.info(
-                "serving %s (app %r: %s) on %s, pid %d",
+                "serving %s (app %r: %s) on %s, pid %d, event loop %s",
                 target,
                 app.name,
                 _counted(app),
                 safe_url(url),
                 os.getpid(),
+                event_loop_name(),
             )
             if early:
                 log.info("%s received while starting: stopping", early[0].name)
@@ -511,7 +539,7 @@ def _serve(
             else:
                 await serve(*services, timeout=shutdown_timeout)
 
-    _run_async(url, main)
+    _run_async(url, main, loop)
 
 
 def _check_broker(url: str) -> None:
@@ -532,13 +560,14 @@ def _run_processes(
     prefetch: int | None,
     shutdown_timeout: float,
     metrics_port: int | None,
+    loop: str,
     url: str,
 ) -> int:
     """Run ``processes`` single-process runners (see :mod:`._supervisor`)."""
     _check_broker(url)
     level = logging.getLevelName(logging.getLogger().level).lower()
     command = [sys.executable, "-m", "leveret.cli", "--log-level", level, "run", target]
-    command += ["--shutdown-timeout", repr(shutdown_timeout), "--url", "-"]
+    command += ["--shutdown-timeout", repr(shutdown_timeout), "--loop", loop, "--url", "-"]
     if prefetch is not None:
         command += ["--prefetch", str(prefetch)]
     commands = [
@@ -649,8 +678,9 @@ def schedule_list(target: str, count: int, url: str | None) -> None:
     callback=_at_least(0),
     help="Sequential RPC calls to make.",
 )
+@_loop_option()
 @_url_option(_AMQP_URL_DEFAULT)
-def demo(tasks: int, calls: int, url: str | None) -> None:
+def demo(tasks: int, calls: int, loop: str, url: str | None) -> None:
     """Start a worker and an RPC callee, send them tasks and calls, and show the numbers.
 
     With --url memory:// it all runs in this process, on the in-memory broker.
@@ -661,7 +691,7 @@ def demo(tasks: int, calls: int, url: str | None) -> None:
 
     url = _broker_url(url)
     console = Console()
-    result = _run_async(url, lambda: run_demo(url, safe_url(url), tasks, calls, console))
+    result = _run_async(url, lambda: run_demo(url, safe_url(url), tasks, calls, console), loop)
     console.print(summary(result))
 
 

@@ -33,6 +33,8 @@
         │                             (also a MessageReturnedError, so a PublishError)
         ├── NoCalleeError             an RPC call's method has no callee consuming now
         │                             (also a TimeoutError)
+        ├── BatchPublishError         some tasks of a create_tasks() batch were not
+        │                             taken (also a PublishError)
         ├── CallInterruptedError      an RPC call's reply path closed first
         ├── CallRedeliveredError      a call redelivered too often to run again
         ├── NoCurrentTaskError        current_task() outside a task function
@@ -390,6 +392,23 @@ class NoCalleeError(PatternError, TimeoutError):
     Also a :class:`TimeoutError`: the reply will not come in time, and code
     written for aio-pika (which waits out the timeout) catches it as before.
     """
+
+
+class BatchPublishError(PublishError, PatternError):
+    """Some tasks of one :meth:`~leveret.patterns.Master.create_tasks` call were not taken
+    by the broker; every other task of it was (confirmed).
+
+    Attributes:
+        failures: for each task not taken, by its index in the batch, why: an
+            :class:`UnroutableError`, :class:`PublishNackedError` or
+            :class:`PublishNotConfirmedError` (it may or may not have been routed).
+        count: how many tasks the batch had.
+    """
+
+    def __init__(self, text: str, failures: dict[int, PublishError], count: int) -> None:
+        super().__init__(text)
+        self.failures = failures
+        self.count = count
 
 
 class CallInterruptedError(PatternError):

@@ -1,21 +1,30 @@
 """Payload serializers and the content types they answer to.
 
-JSON is the default everywhere. msgpack needs the optional extra
-(``pip install 'leveret[msgpack]'``). Pickle executes code while it loads, so
-it is used only when chosen explicitly, and a receiver decodes only content
-types on its accept-list: a pickle body sent to a JSON worker is rejected,
-never unpickled.
+JSON is the default everywhere, encoded and decoded by orjson when it is
+installed (``pip install 'leveret[speed]'``), by the standard library's ``json``
+otherwise: the same content type, and bodies either side (or aio-pika) reads.
+msgpack needs the optional extra (``pip install 'leveret[msgpack]'``). Pickle
+executes code while it loads, so it is used only when chosen explicitly, and a
+receiver decodes only content types on its accept-list: a pickle body sent to a
+JSON worker is rejected, never unpickled.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
+import re
 import zlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .exceptions import ConfigurationError, SerializationError
+
+try:
+    import orjson as _orjson
+except ImportError:  # the speed extra is optional: stock json does it all
+    _orjson = None  # type: ignore[assignment]
 
 JSON = "application/json"
 #: gzip-compressed JSON, as aio-pika's ``CompressedJsonMaster`` writes it.
@@ -36,29 +45,82 @@ class Serializer:
         raise NotImplementedError
 
 
+#: orjson hands these to stock json (it raises TypeError for them): datetimes,
+#: dataclasses and subclasses of str, int, dict and list, which stock json
+#: refuses, encodes through ``default`` or encodes its own way.
+_ORJSON_OPTIONS = (
+    0
+    if _orjson is None
+    else _orjson.OPT_PASSTHROUGH_DATETIME
+    | _orjson.OPT_PASSTHROUGH_DATACLASS
+    | _orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+#: A number of 19 digits or more may not fit 64 bits, which orjson decodes as a
+#: float (losing digits) where stock json keeps an exact int.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
 class JSONSerializer(Serializer):
     """UTF-8 JSON, compact, non-ASCII kept as is (as aio-pika's JsonMaster writes it).
 
     ``default`` is called for objects JSON cannot encode (aio-pika's ``JsonRPC``
     passes ``repr``); without it they raise :class:`SerializationError`.
+
+    ``fast``: whether orjson does the work; by default, when it is installed
+    (``pip install 'leveret[speed]'``). The payloads either way are the same
+    values: whatever orjson refuses or would write or read differently from
+    stock json (NaN and infinity, integers beyond 64 bits, non-string keys,
+    objects for ``default``, bodies that are not UTF-8) is left to stock json.
+    One difference remains: orjson encodes ``uuid.UUID`` and ``enum.Enum``
+    values (as their string and value), which stock json refuses.
+
+    Raises:
+        ConfigurationError: ``fast=True`` and orjson is not installed.
     """
 
     content_type = JSON
     _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
-    def __init__(self, *, default: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self, *, default: Callable[[Any], Any] | None = None, fast: bool | None = None
+    ) -> None:
+        if fast and _orjson is None:
+            raise ConfigurationError("orjson is not installed: pip install 'leveret[speed]'")
+        self._orjson = _orjson if fast is not False else None
         if default is not None:
             self._encoder = json.JSONEncoder(
                 ensure_ascii=False, separators=(",", ":"), default=default
             )
 
+    @property
+    def fast(self) -> bool:
+        """Whether orjson encodes and decodes (see the class)."""
+        return self._orjson is not None
+
     def dumps(self, data: Any) -> bytes:
+        fast = self._orjson
+        if fast is not None:
+            try:
+                encoded: bytes = fast.dumps(data, option=_ORJSON_OPTIONS)
+            except TypeError:
+                pass  # refused by orjson (see the class): stock json decides
+            else:
+                # orjson writes NaN and infinity as null, stock json as NaN and Infinity
+                # (which it and aio-pika read back): a body with null is written by json.
+                if b"null" not in encoded:
+                    return encoded
         try:
             return self._encoder.encode(data).encode()
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"cannot encode as JSON: {exc}") from None
 
     def loads(self, data: bytes) -> Any:
+        fast = self._orjson
+        if fast is not None and _LONG_NUMBER.search(data) is None:
+            try:
+                return fast.loads(data)
+            except fast.JSONDecodeError:
+                pass  # NaN, a lone surrogate, not UTF-8, too deep: as stock json reads it
         try:
             text = data.decode()  # json.loads(bytes) would first guess the encoding
         except UnicodeDecodeError:
@@ -171,6 +233,7 @@ class PickleSerializer(Serializer):
         return pickle.loads(data)  # only on receivers that opted into pickle
 
 
+@functools.lru_cache(maxsize=256)  # parsed once per content type, not once per delivery
 def media_type(content_type: str | None) -> str | None:
     """The content type to match against an accept-list.
 

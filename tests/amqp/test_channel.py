@@ -257,3 +257,43 @@ async def test_a_channel_whose_opening_is_cancelled_does_not_spoil_the_next_one(
     assert (await channel.queue_declare(unique, passive=True)).queue == unique
     assert not connection.is_closed
     await channel.queue_delete(unique)
+
+
+async def test_publish_many_queues_every_message_with_its_own_id_and_the_shared_properties(
+    channel: Channel, queue: str
+) -> None:
+    bodies = [str(i).encode() for i in range(600)]  # more than one batch of writes
+    results = await channel.publish_many(
+        bodies,
+        routing_key=queue,
+        properties=Properties(content_type="text/plain", priority=2, app_id="bulk"),
+        message_ids=[f"m{i}" for i in range(600)],
+    )
+    assert results == [None] * 600
+    first = await channel.get(queue, no_ack=True)
+    assert first is not None and first.body == b"0"
+    assert first.properties == Properties(
+        content_type="text/plain", priority=2, app_id="bulk", message_id="m0"
+    )
+    assert (await channel.queue_declare(queue, passive=True)).message_count == 599
+
+
+async def test_publish_many_says_which_messages_were_refused(channel: Channel, unique: str) -> None:
+    await channel.queue_declare(
+        unique, exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    results = await channel.publish_many([b"1", b"2", b"3"], routing_key=unique)
+    assert results[0] is None
+    assert all(isinstance(error, PublishNackedError) for error in results[1:])
+    returned = await channel.publish_many([b"x"], routing_key=f"{unique}-none", mandatory=True)
+    assert isinstance(returned[0], MessageReturnedError)
+
+
+async def test_publish_many_sends_nothing_when_one_message_id_cannot_be_encoded(
+    channel: Channel, queue: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="message_id"):
+        await channel.publish_many([b"1", b"2"], routing_key=queue, message_ids=["fine", "x" * 300])
+    with pytest.raises(ValueError, match="1 message ids or headers for 2"):
+        await channel.publish_many([b"1", b"2"], routing_key=queue, message_ids=["one"])
+    assert (await channel.queue_declare(queue, passive=True)).message_count == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import signal
 
@@ -34,7 +35,8 @@ def test_leveret_demo_runs_on_the_in_memory_broker_in_80_columns_with_rates_that
     result = leveret("demo", "--tasks", "500", "--calls", "50", "--url", "memory://")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "leveret demo against memory://"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    assert lines[0] == f"leveret demo against memory:// (event loop {loop})"
     assert max(len(line) for line in lines) <= 80
     assert any(re.match(r"│ tasks sent +│ +500 │", line) for line in lines)
     assert any(re.match(r"│ tasks done +│ +500 │", line) for line in lines)

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -123,6 +124,22 @@ def test_a_bad_option_or_target_is_one_line_with_exit_status_2(
     project: Project, args: tuple[str, ...], line: str
 ) -> None:
     assert_one_line(leveret(*args, env=project.env), line, 2)
+
+
+@pytest.mark.parametrize("args", [("run", "demoapp:app"), ("demo",)])
+def test_asking_for_uvloop_without_it_says_how_to_install_it(
+    project: Project, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    blocked = tmp_path / "without-uvloop"
+    blocked.mkdir()
+    (blocked / "uvloop.py").write_text("raise ImportError('not installed')\n")
+    env = {**project.env, "PYTHONPATH": f"{blocked}:{project.env['PYTHONPATH']}"}
+    assert_one_line(
+        leveret(*args, "--loop", "uvloop", env=env),
+        f"leveret {args[0]}: --loop uvloop: uvloop is not installed: "
+        "pip install 'leveret[speed]' (or --loop asyncio)",
+        2,
+    )
 
 
 def test_an_unknown_option_points_at_the_help() -> None:

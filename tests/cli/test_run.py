@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -213,15 +214,20 @@ async def test_a_plain_function_stuck_past_the_shutdown_timeout_neither_holds_th
     assert waiting.message_count == 1  # back in its queue, for the next worker
 
 
-async def test_leveret_run_logs_what_it_serves_under_the_apps_name(
-    amqp_url: str, project: Project, reaper: Reaper
+#: What ``--loop auto`` runs on: uvloop if the speed extra is installed.
+AUTO_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+@pytest.mark.parametrize(("options", "loop"), [((), AUTO_LOOP), (("--loop", "asyncio"), "asyncio")])
+async def test_leveret_run_logs_what_it_serves_under_the_apps_name_and_on_which_loop(
+    amqp_url: str, project: Project, reaper: Reaper, options: tuple[str, ...], loop: str
 ) -> None:
-    async with _serving(project, reaper, 1) as (runner, _):
+    async with _serving(project, reaper, 1, *options) as (runner, _):
         err = await _stop(runner, signal.SIGTERM)
     assert runner.returncode == 0, err
     assert (
         f"INFO leveret.cli: serving demoapp:app (app {project.prefix!r}: 3 tasks, 1 RPC method) "
-        f"on amqp://guest:******@127.0.0.1:5672/, pid {runner.pid}\n"
+        f"on amqp://guest:******@127.0.0.1:5672/, pid {runner.pid}, event loop {loop}\n"
     ) in err
 
 

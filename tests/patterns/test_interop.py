@@ -7,7 +7,8 @@ workers and the reverse, and RPC calls work in both directions, errors included.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
@@ -19,12 +20,17 @@ from aio_pika.patterns.rpc import JsonRPCError
 from leveret.amqp import Channel
 from leveret.exceptions import RemoteError, UnroutableError
 from leveret.patterns import RPC, CompressedJsonMaster, Master
+from leveret.serializers import JSONSerializer
 from tests.patterns.conftest import Cleanup
 
 # aio-pika speaks AMQP over a socket: only the real broker can serve both sides.
 pytestmark = pytest.mark.rabbitmq_only
 
-TASKS = [{"task_id": 1, "text": "h\u00e9llo"}, {"task_id": 2, "items": [1, 2.5, None]}]
+TASKS = [
+    {"task_id": 1, "text": "h\u00e9llo"},
+    {"task_id": 2, "items": [1, 2.5, None]},
+    {"task_id": 3, "big": 2**70, "nested": {"\u00e9": [True, -0.5, 1e16]}},
+]
 
 
 class InsufficientFunds(Exception):
@@ -69,9 +75,11 @@ def _collector(count: int) -> tuple[Any, asyncio.Future[list[dict[str, Any]]]]:
 # -- Master / Worker -----------------------------------------------------------------
 
 
-#: The same wire format on both sides: (leveret's master class, aio-pika's).
-MASTERS = {
+#: The same wire format on both sides: (leveret's master class, aio-pika's). JSON is
+#: encoded by orjson when the speed extra is installed, and by stock json when told.
+MASTERS: dict[str, tuple[Callable[[Channel], Master], type[aio_pika.patterns.Master]]] = {
     "json": (Master, JsonMaster),
+    "stock-json": (functools.partial(Master, serializer=JSONSerializer(fast=False)), JsonMaster),
     "compressed-json": (CompressedJsonMaster, AioPikaCompressedJsonMaster),
 }
 

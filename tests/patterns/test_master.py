@@ -14,14 +14,23 @@ import pytest
 
 from leveret.amqp import Channel, Connection, Delivery
 from leveret.exceptions import (
+    BatchPublishError,
     ConfigurationError,
     MessageReturnedError,
     NotFoundError,
     PublishError,
+    PublishNackedError,
     SerializationError,
     UnroutableError,
 )
-from leveret.patterns import Master, NackMessage, RejectMessage, dead_letter_queue
+from leveret.patterns import (
+    Kind,
+    Master,
+    NackMessage,
+    Observer,
+    RejectMessage,
+    dead_letter_queue,
+)
 from tests.patterns.conftest import Cleanup, ConnectBroker, dead_letters
 from tests.support.waiting import wait_until
 
@@ -458,3 +467,133 @@ async def test_a_master_used_with_async_with_closes_its_workers_on_the_way_out(
 
 async def _consumers(channel: Channel, queue: str) -> bool:
     return (await channel.queue_declare(queue, passive=True)).consumer_count == 0
+
+
+# -- create_tasks: many at once ------------------------------------------------------
+
+
+async def _consumed(channel: Channel, queue: str) -> list[Delivery]:
+    """Declare ``queue``; what arrives in it from now on, as delivered (and acked)."""
+    received: list[Delivery] = []
+
+    def take(delivery: Delivery) -> None:
+        received.append(delivery)
+        delivery.ack()
+
+    await channel.queue_declare(queue)
+    await channel.consume(queue, take, prefetch_count=100)
+    return received
+
+
+async def test_create_tasks_delivers_every_task_once_as_create_task_would_send_it(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    count = 1200  # more than one batch of writes
+    received = await _consumed(channel, cleanup.queue(unique))
+    master = Master(channel)
+    await master.create_task(unique, kwargs={"n": -1})
+    await master.create_tasks(unique, ({"n": n} for n in range(count)))
+    await wait_until(lambda: len(received) == count + 1, 20, "every task")
+    single, batch = received[0], received[1:]
+    assert sorted(json.loads(d.body)["n"] for d in batch) == list(range(count))
+    assert len({d.properties.message_id for d in received}) == count + 1
+    for delivery in batch:
+        shown = delivery.properties.replace(message_id=None)
+        assert shown == single.properties.replace(message_id=None)
+    assert single.properties.content_type == "application/json"
+    assert single.properties.delivery_mode == 2
+
+
+async def test_create_tasks_gives_every_task_the_options(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    received = await _consumed(channel, cleanup.queue(unique))
+    master = Master(channel)
+    await master.create_tasks(
+        unique,
+        [{"n": 1}, {"n": 2}],
+        headers={"tenant": "acme"},
+        expiration=60,
+        priority=3,
+        correlation_id="batch-7",
+        app_id="importer",
+        delivery_mode=1,
+    )
+    await wait_until(lambda: len(received) == 2, 10, "both tasks")
+    for delivery in received:
+        props = delivery.properties
+        assert (props.headers or {}).get("tenant") == "acme"
+        assert (props.expiration, props.priority) == ("60000", 3)
+        assert (props.correlation_id, props.app_id, props.delivery_mode) == (
+            "batch-7",
+            "importer",
+            1,
+        )
+
+
+async def test_create_tasks_nobody_takes_raise_one_error_naming_every_task(
+    channel: Channel, unique: str
+) -> None:
+    with pytest.raises(BatchPublishError) as refused:
+        await Master(channel).create_tasks(unique, [{"n": n} for n in range(3)])
+    error = refused.value
+    assert isinstance(error, PublishError) and error.count == 3
+    assert sorted(error.failures) == [0, 1, 2]
+    assert all(isinstance(e, UnroutableError) for e in error.failures.values())
+    assert str(error).startswith(
+        f"3 of 3 tasks {unique!r} were not taken by the broker (the others were): "
+        f"tasks 0, 1, 2: UnroutableError: no queue takes task {unique!r}"
+    )
+
+
+async def test_create_tasks_a_full_queue_refuses_are_listed_and_the_rest_are_taken(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    await channel.queue_declare(
+        cleanup.queue(unique), arguments={"x-max-length": 2, "x-overflow": "reject-publish"}
+    )
+    with pytest.raises(BatchPublishError) as refused:
+        await Master(channel).create_tasks(unique, [{"n": n} for n in range(5)])
+    assert sorted(refused.value.failures) == [2, 3, 4]
+    assert all(isinstance(e, PublishNackedError) for e in refused.value.failures.values())
+    assert "3 of 5 tasks" in str(refused.value) and "tasks 2, 3, 4: " in str(refused.value)
+    assert (await channel.queue_declare(unique, passive=True)).message_count == 2
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "words"),
+    [
+        ([{"n": 1}, [2]], ConfigurationError, "task 1 is list, not a mapping"),
+        (
+            [{"n": 1}, {"n": 2, "when": datetime.datetime(2030, 1, 1)}],
+            SerializationError,
+            "task 1: 'when' (a datetime): cannot encode as JSON",
+        ),
+    ],
+)
+async def test_create_tasks_sends_nothing_when_one_task_is_not_right(
+    channel: Channel, unique: str, cleanup: Cleanup, batch: list[Any], error: type, words: str
+) -> None:
+    await channel.queue_declare(cleanup.queue(unique))
+    with pytest.raises(error) as refused:
+        await Master(channel).create_tasks(unique, batch)
+    assert words in str(refused.value)
+    assert (await channel.queue_declare(unique, passive=True)).message_count == 0
+
+
+async def test_create_tasks_lets_observers_give_each_task_its_own_headers(
+    channel: Channel, unique: str, cleanup: Cleanup
+) -> None:
+    class Numbering(Observer):
+        sent = 0
+
+        def on_send(self, kind: Kind, name: str, headers: dict[str, Any]) -> None:
+            self.sent += 1
+            headers["seq"] = self.sent
+
+    received = await _consumed(channel, cleanup.queue(unique))
+    master = Master(channel, observers=[Numbering()])
+    await master.create_tasks(unique, [{"n": n} for n in range(3)], headers={"tenant": "acme"})
+    await wait_until(lambda: len(received) == 3, 10, "three tasks")
+    assert sorted((d.properties.headers or {})["seq"] for d in received) == [1, 2, 3]
+    assert {(d.properties.headers or {})["tenant"] for d in received} == {"acme"}

@@ -18,24 +18,26 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..exceptions import (
     AMQPError,
-    BrokerError,
     ChannelClosedError,
     ConfigurationError,
     MessageTooLargeError,
     ProtocolError,
+    PublishError,
     PublishNotConfirmedError,
     broker_error,
 )
 from ._acks import AckWindow
+from ._batch import publish_batches
 from ._closing import AsyncClosing
 from ._codec import Method, encode_method_frame, method_name
 from ._confirms import (
     ConfirmWindow,
+    Destination,
     ReturnCallback,
     dispatch_return,
     refused_as_too_large,
@@ -43,11 +45,17 @@ from ._confirms import (
 from ._consumer import Consumer, Consuming, broker_cancelled, notify_cancel
 from ._content import ChannelFrames
 from ._declare import Declarations
-from ._frames import Properties, encode_properties, message_frames, publish_method_frame
+from ._frames import (
+    Properties,
+    encode_properties,
+    id_properties,
+    message_frames,
+    publish_method_frame,
+)
 from ._message import Delivery, ReturnedMessage
 from ._states import ChannelState
 from ._tasks import TaskOwner
-from ._tx import not_transactional, transactions_refused
+from ._tx import Transactions
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -62,7 +70,7 @@ _CLOSING: Final = ChannelState.CLOSING
 _CLOSED: Final = ChannelState.CLOSED
 
 
-class Channel(Declarations, Consuming, AsyncClosing):
+class Channel(Declarations, Consuming, Transactions, AsyncClosing):
     """An AMQP channel. Open one with :meth:`Connection.channel`; close it with
     :meth:`close` or ``async with``.
 
@@ -292,87 +300,6 @@ class Channel(Declarations, Consuming, AsyncClosing):
             global_=global_,
         )
 
-    # -- transactions ----------------------------------------------------------------
-
-    async def tx_select(self) -> None:
-        """Make the channel transactional: from now on its publishes and acks take
-        effect only at :meth:`tx_commit`, all together (or none at
-        :meth:`tx_rollback`). Idempotent. A robust channel stays transactional
-        across reopens.
-
-        RabbitMQ makes a transaction atomic for the queues of one node; it is not
-        a distributed transaction, and a commit is slow (the broker syncs it).
-
-        Raises:
-            ConfigurationError: the channel confirms publishes (a channel is in
-                confirm mode or in transaction mode, never both: RabbitMQ closes it
-                with 406); open it with ``publisher_confirms=False``.
-            ChannelClosedError: the channel is closed.
-        """
-        if self.publisher_confirms:
-            raise transactions_refused(self.number)
-        await self._ready_call("tx.select", ("tx.select-ok",))
-        self._transactional = True
-        self._tx_window = self._acks
-
-    async def tx_commit(self) -> None:
-        """Commit what was published and acked on the channel since the last commit
-        or rollback; a new transaction begins at once.
-
-        Acks are flushed first, so every ack made before this call is part of the
-        transaction. A transaction lives no longer than the channel it began on:
-        if the channel closed meanwhile (a robust channel reopens, still
-        transactional), its work is lost and this raises; whatever was done since
-        the reopen is rolled back too, so that redoing the whole transaction starts
-        clean.
-
-        Raises:
-            ConfigurationError: :meth:`tx_select` was never called.
-            ChannelClosedError: the channel closed since the transaction began
-                (nothing of it was committed), or closed during the commit (the
-                broker may or may not have committed: the cause is chained).
-            BrokerError: the broker refused the commit (the channel is closed).
-        """
-        await self._end_transaction("tx.commit")
-
-    async def tx_rollback(self) -> None:
-        """Discard what was published and acked since the last commit or rollback.
-
-        Deliveries whose acks are rolled back stay unacked (and cannot be acked
-        again: they count as settled here) until the channel closes, when the
-        broker requeues them.
-
-        Raises:
-            ConfigurationError: :meth:`tx_select` was never called.
-            ChannelClosedError: the channel closed since the transaction began.
-        """
-        await self._end_transaction("tx.rollback")
-
-    async def _end_transaction(self, method: str) -> None:
-        if not self._transactional:
-            raise not_transactional(self.number, method)
-        if self._state is not _OPEN:
-            await self._ensure_open()
-        if self._tx_window is not self._acks:
-            # Reopened since the transaction began: the broker dropped the old life's
-            # work; what the new life did is no part of a whole, so drop it too.
-            self._tx_window = self._acks
-            await self._call("tx.rollback", ("tx.rollback-ok",))
-            raise ChannelClosedError(
-                f"channel {self.number} closed during the transaction, which is lost: "
-                f"nothing of it was committed ({self._close_reason or 'reopened since'})"
-            ) from self._close_reason
-        self._acks.flush()  # coalesced acks would otherwise follow the commit
-        try:
-            await self._call(method, (f"{method}-ok",))
-        except BrokerError:
-            raise
-        except AMQPError as exc:
-            raise ChannelClosedError(
-                f"channel {self.number} closed during {method}: whether the broker "
-                f"completed it is unknown ({exc})"
-            ) from exc
-
     def _write(self, frame: bytes) -> None:
         protocol = self._connection._protocol
         if protocol is not None:
@@ -436,7 +363,22 @@ class Channel(Declarations, Consuming, AsyncClosing):
             body = _as_bytes(body)
         if len(body) > connection.max_message_size:
             raise MessageTooLargeError(len(body), connection.max_message_size)
-        if properties is None:
+        if properties is not None:
+            props = properties.encode()
+        elif (  # a task's properties: the constant part is cached
+            headers is None
+            and content_encoding is None
+            and priority is None
+            and correlation_id is None
+            and reply_to is None
+            and expiration is None
+            and timestamp is None
+            and type is None
+            and user_id is None
+            and app_id is None
+        ):
+            props = id_properties(content_type, delivery_mode, message_id)
+        else:
             props = encode_properties(
                 content_type,
                 content_encoding,
@@ -452,15 +394,8 @@ class Channel(Declarations, Consuming, AsyncClosing):
                 user_id,
                 app_id,
             )
-        else:
-            props = properties.encode()
         key = (exchange, routing_key, mandatory)
-        method = self._publish_cache.get(key)
-        if method is None:
-            method = publish_method_frame(self.number, exchange, routing_key, mandatory)
-            if len(self._publish_cache) >= _PUBLISH_CACHE_SIZE:
-                self._publish_cache.clear()
-            self._publish_cache[key] = method
+        method = self._publish_cache.get(key) or self._publish_method(key)
         protocol = connection._protocol
         assert protocol is not None
         frames = message_frames(method, self.number, props, body, connection.frame_max)
@@ -482,6 +417,51 @@ class Channel(Declarations, Consuming, AsyncClosing):
             if refused is None:
                 raise
             raise refused from exc.__cause__
+
+    def _publish_method(self, key: Destination) -> bytes:
+        """The ``basic.publish`` frame for ``(exchange, routing_key, mandatory)``, cached."""
+        method = publish_method_frame(self.number, *key)
+        if len(self._publish_cache) >= _PUBLISH_CACHE_SIZE:
+            self._publish_cache.clear()
+        self._publish_cache[key] = method
+        return method
+
+    async def publish_many(
+        self,
+        bodies: Sequence[bytes],
+        *,
+        routing_key: str,
+        exchange: str = "",
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        message_ids: Sequence[str] | None = None,
+        headers: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[PublishError | None]:
+        """Publish many messages to one destination, written a batch at a time with their
+        confirms pipelined; on a confirming channel, return once the broker has answered
+        for every one.
+
+        Every message has ``properties``, and its own message id and headers when
+        ``message_ids`` or ``headers`` (one per body) are given. What they share is
+        encoded once, not per message.
+
+        Returns:
+            For each body, ``None`` if the broker took it, else what :meth:`publish`
+            would have raised for it: :class:`PublishNackedError`,
+            :class:`MessageReturnedError` (``mandatory`` and unroutable), or
+            :class:`PublishNotConfirmedError` (the channel closed before the broker
+            answered, or before it was sent). On a channel without confirms, all
+            ``None`` once written.
+
+        Raises:
+            ChannelClosedError: the channel is closed; nothing was sent.
+            ConfigurationError: a property is invalid, or the properties do not fit
+                in one frame; nothing was sent.
+            ValueError: ``message_ids`` or ``headers`` has not one entry per body.
+        """
+        return await publish_batches(
+            self, bodies, (exchange, routing_key, mandatory), properties, message_ids, headers
+        )
 
     def _on_return(self, message: ReturnedMessage) -> None:
         """A ``basic.return``: to the publish awaiting it, else to the return callbacks."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypedDict
 
 from ..exceptions import ConfigurationError, ProtocolError
@@ -331,6 +331,71 @@ def _decode_rare_properties(props: Properties, flags: int, buf: bytes, offset: i
             end = offset + 1 + buf[offset]
             setattr(props, name, buf[offset + 1 : end].decode("utf-8", "replace"))
             offset = end
+
+
+#: The flags and values before the message id of :func:`id_properties`' blocks, by
+#: (content type, delivery mode, whether there is a message id).
+_ID_PREFIXES: dict[tuple[str | None, int | None, bool], bytes] = {}
+
+
+def id_properties(
+    content_type: str | None, delivery_mode: int | None, message_id: str | None
+) -> bytes:
+    """``encode_properties(content_type, delivery_mode=..., message_id=...)`` (what a
+    task carries), with the part before the message id encoded once per content type
+    and delivery mode.
+
+    Raises:
+        ConfigurationError: as :func:`encode_properties`.
+    """
+    key = (content_type, delivery_mode, message_id is not None)
+    prefix = _ID_PREFIXES.get(key)
+    if prefix is None:
+        prefix = encode_properties(content_type, None, None, delivery_mode)
+        if message_id is not None:
+            prefix = _u16.pack(_u16.unpack_from(prefix)[0] | _MESSAGE_ID) + prefix[2:]
+        if len(_ID_PREFIXES) >= 64:  # content types are few; never let them grow unbounded
+            _ID_PREFIXES.clear()
+        _ID_PREFIXES[key] = prefix
+    if message_id is None:
+        return prefix
+    return prefix + encode_shortstr(message_id, "message_id")
+
+
+#: The properties encoded before the message id (the rest come after it).
+_BEFORE_MESSAGE_ID = frozenset(_PROPERTY_NAMES[: _PROPERTY_NAMES.index("message_id")])
+
+
+def property_blocks(
+    count: int,
+    constant: dict[str, Any],
+    message_ids: Sequence[str] | None = None,
+    headers: Sequence[FieldTable | None] | None = None,
+) -> list[bytes]:
+    """``count`` encoded property blocks, each with the properties of ``constant``
+    (:func:`encode_properties`' keywords) and, when given, the ``i``-th of
+    ``message_ids`` and ``headers``. What every block shares is encoded once: a block
+    costs the copy of its message id.
+
+    Raises:
+        ConfigurationError: as :func:`encode_properties`, for any of them.
+    """
+    if headers is not None:  # each its own table: encoded in full
+        ids: Sequence[str | None] = [None] * count if message_ids is None else message_ids
+        return [
+            encode_properties(**{**constant, "headers": table, "message_id": message_id})
+            for table, message_id in zip(headers, ids, strict=True)
+        ]
+    if message_ids is None:
+        return [encode_properties(**constant)] * count
+    before = {k: v for k, v in constant.items() if k in _BEFORE_MESSAGE_ID}
+    after = {k: v for k, v in constant.items() if k not in _BEFORE_MESSAGE_ID}
+    head, tail = encode_properties(**before), encode_properties(**after)
+    flags = _u16.unpack_from(head)[0] | _u16.unpack_from(tail)[0] | _MESSAGE_ID
+    prefix, suffix = _u16.pack(flags) + head[2:], tail[2:]
+    return [
+        prefix + encode_shortstr(message_id, "message_id") + suffix for message_id in message_ids
+    ]
 
 
 def publish_method_frame(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:

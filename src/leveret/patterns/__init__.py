@@ -8,6 +8,7 @@ Built on the :class:`PatternChannel` seam; JSON by default, other formats by
 """
 
 from ..exceptions import (
+    BatchPublishError,
     CallInterruptedError,
     CallRedeliveredError,
     MessageProcessingError,
@@ -56,6 +57,7 @@ __all__ = [
     "RPC",
     "UNDELIVERABLE",
     "Base",
+    "BatchPublishError",
     "CallInterruptedError",
     "CallRedeliveredError",
     "CompressedJsonMaster",

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
@@ -71,12 +72,13 @@ class Handler:
         self._runner = Runner(self._handle, limit, f"{self.kind} {name!r}")
         # A plain function gets as many threads as deliveries run at once: none waits.
         self._threads = None if call.is_async else ThreadPool(limit, f"leveret {self.kind} {name}")
-        #: The deliveries whose function runs now, with the event loop's time it started.
+        #: The deliveries whose function runs now, with when it started (time.monotonic()).
         self.running: dict[Delivery, float] = {}
         # Deliveries handled to the end whose ack was lost with their channel: when the
         # broker hands one back, it is acked, not run again (see _already_handled).
         self._handled: OrderedDict[tuple[Any, ...], Outcome] = OrderedDict()
-        self._clock = asyncio.get_running_loop().time
+        # Only ever compared with itself: the plain C clock, not a loop method around it.
+        self._clock = time.monotonic
         #: The broker's consumer_timeout, once a channel close told it.
         self._consumer_timeout: float | None = None
         self._parking = False  # a copy was parked: deliveries may carry PARKED_HEADER
@@ -231,6 +233,8 @@ class Handler:
         """
         self.running[delivery] = self._clock()
         try:
+            if time_limit is None and self._threads is None:  # the common case: no detour
+                return await self.call.func(**kwargs)
             return await self._call_function(kwargs, time_limit)
         finally:
             del self.running[delivery]
@@ -242,7 +246,7 @@ class Handler:
             if inspect.isawaitable(result):  # a plain function that hands back a coroutine
                 result = await result
             return result
-        if time_limit is None:  # entering a timeout context costs a few µs per delivery
+        if time_limit is None:
             return await func(**kwargs)
         limit = asyncio.timeout(time_limit)
         try:

@@ -20,10 +20,13 @@ from typing import Any
 
 from ..amqp import AsyncClosing, Properties, ReturnedMessage
 from ..exceptions import (
+    BatchPublishError,
     ConfigurationError,
     MessageReturnedError,
     NotFoundError,
+    PublishError,
     ResourceLockedError,
+    SerializationError,
     UnroutableError,
 )
 from ..serializers import JSON, Serializer
@@ -179,11 +182,99 @@ class Master(Base, AsyncClosing):
                 app_id=app_id,
             )
         except MessageReturnedError as exc:
-            raise UnroutableError(
-                f"no queue takes task {channel_name!r}: no worker ever declared it "
-                f"(the broker returned it: {exc.message.reply_code} {exc.message.reply_text})",
-                exc.message,
-            ) from exc
+            raise _unroutable(channel_name, exc) from exc
+
+    async def create_tasks(
+        self,
+        channel_name: str,
+        kwargs_list: Iterable[Mapping[str, Any]],
+        *,
+        expiration: Duration | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        content_encoding: str | None = None,
+        timestamp: float | datetime.datetime | None = None,
+        type: str | None = None,
+        user_id: str | None = None,
+        app_id: str | None = None,
+        delivery_mode: int | None = None,
+    ) -> None:
+        """Publish one task of ``channel_name`` for each mapping of ``kwargs_list``; return
+        once the broker has confirmed every one.
+
+        Each task is what :meth:`create_task` would publish with the same options
+        (each has them all; each its own message id unless ``message_id`` is given),
+        but they are written a batch at a time with their confirms pipelined, which
+        takes far less time per task than one ``create_task`` after another.
+
+        Raises:
+            ConfigurationError: one of them is not a mapping; nothing was sent.
+            SerializationError: one of them cannot be encoded (the message names its
+                index and argument); nothing was sent.
+            BatchPublishError: some tasks were not taken by the broker (its
+                ``failures`` say which, by index, and why); the others were.
+            ChannelClosedError: the channel is closed; nothing was sent.
+        """
+        bodies = []
+        for index, kwargs in enumerate(kwargs_list):
+            if kwargs.__class__ is not dict:
+                if not isinstance(kwargs, Mapping):
+                    raise ConfigurationError(
+                        f"create_tasks({channel_name!r}): task {index} is "
+                        f"{kwargs.__class__.__name__}, not a mapping of keyword arguments "
+                        "({'name': value})"
+                    )
+                kwargs = dict(kwargs)
+            try:
+                bodies.append(self._encode(kwargs))
+            except SerializationError as exc:
+                raise SerializationError(f"task {index}: {exc}") from exc
+        if not bodies:
+            return
+        ids = None if message_id else [f"{self._id_prefix}.{next(self._ids)}" for _ in bodies]
+        each: list[Mapping[str, Any] | None] | None = None
+        if self.observers:  # they may give each task headers of its own (a trace context)
+            each = [
+                self.observers.send_headers("task", channel_name, dict(headers or {}))
+                for _ in bodies
+            ]
+        properties = Properties(
+            content_type=self.CONTENT_TYPE,
+            content_encoding=content_encoding,
+            delivery_mode=delivery_mode or self.DELIVERY_MODE,
+            priority=priority,
+            headers=headers if each is None else None,
+            expiration=None if expiration is None else milliseconds(expiration),
+            message_id=message_id,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            timestamp=timestamp,
+            type=type,
+            user_id=user_id,
+            app_id=app_id,
+        )
+        results = await self.channel.publish_many(
+            bodies,
+            routing_key=channel_name,
+            mandatory=True,
+            properties=properties,
+            message_ids=ids,
+            headers=each,
+        )
+        failures: dict[int, PublishError] = {
+            index: _unroutable(channel_name, error)
+            if isinstance(error, MessageReturnedError)
+            else error
+            for index, error in enumerate(results)
+            if error is not None
+        }
+        if failures:
+            raise BatchPublishError(
+                _not_taken(channel_name, failures, len(bodies)), failures, len(bodies)
+            )
 
     async def _ensure_ladder(self, task: str) -> bool:
         """Declare ``task``'s delay ladder unless this master did already; whether
@@ -321,6 +412,31 @@ class JsonMaster(Master):
 class CompressedJsonMaster(CompressedJson, Master):
     """:class:`Master` with gzip-compressed JSON (``application/json;compression=gzip``),
     wire-compatible with aio-pika's ``CompressedJsonMaster``."""
+
+
+def _unroutable(task: str, returned: MessageReturnedError) -> UnroutableError:
+    return UnroutableError(
+        f"no queue takes task {task!r}: no worker ever declared it (the broker returned "
+        f"it: {returned.message.reply_code} {returned.message.reply_text})",
+        returned.message,
+    )
+
+
+def _not_taken(task: str, failures: dict[int, PublishError], count: int) -> str:
+    """``2 of 1000 tasks 'resize' were not taken ...: tasks 4, 17: <why>``, each reason
+    once with (at most ten of) the indexes it applies to."""
+    by_reason: dict[str, list[int]] = {}
+    for index, error in failures.items():
+        by_reason.setdefault(f"{error.__class__.__name__}: {error}", []).append(index)
+    reasons = []
+    for reason, indexes in by_reason.items():
+        shown = ", ".join(map(str, indexes[:10]))
+        more = f" and {len(indexes) - 10} more" if len(indexes) > 10 else ""
+        reasons.append(f"task{'s' if len(indexes) > 1 else ''} {shown}{more}: {reason}")
+    return (
+        f"{len(failures)} of {count} tasks {task!r} were not taken by the broker (the "
+        f"others were): {'; '.join(reasons)}"
+    )
 
 
 def _quorum_arguments(queue: str, policy: RetryPolicy, dead_letter: bool) -> dict[str, Any]:

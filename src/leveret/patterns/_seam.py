@@ -7,11 +7,11 @@ channel any other way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from ..amqp import Delivery, Properties, QueueDeclareOk, ReturnedMessage
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, PublishError
 
 #: The queue types a worker or callee declares (of :data:`leveret.amqp.QueueType`,
 #: those a task or call queue can be: a stream cannot be consumed as a work queue).
@@ -79,6 +79,18 @@ class PatternChannel(Protocol):
         app_id: str | None = None,
         confirm: bool = True,
     ) -> None: ...
+
+    async def publish_many(
+        self,
+        bodies: Sequence[bytes],
+        *,
+        routing_key: str,
+        exchange: str = "",
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        message_ids: Sequence[str] | None = None,
+        headers: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[PublishError | None]: ...
 
     async def queue_delete(
         self, queue: str, *, if_unused: bool = False, if_empty: bool = False

@@ -20,12 +20,17 @@ log = logging.getLogger("leveret.patterns")
 
 
 def settle(
-    delivery: Delivery, action: SettleKind, *, requeue: bool = False, what: str = ""
+    delivery: Delivery,
+    action: SettleKind,
+    *,
+    requeue: bool = False,
+    what: str | Callable[[], str] = "",
 ) -> None:
     """``ack``, ``nack`` or ``reject`` a delivery unless it is settled already.
 
     If the channel closed since the delivery arrived the broker has requeued it;
-    that is logged, not raised.
+    that is logged, not raised, naming the delivery as ``what`` (or what it returns:
+    a hot path passes a function, so the words are only built for the log line).
     """
     if delivery.settled is not None:
         return
@@ -39,7 +44,7 @@ def settle(
         else:
             raise ValueError(f"settle: {action!r} is not 'ack', 'nack' or 'reject'")
     except DeliveryError as exc:
-        log.warning("%s: %s", what or repr(delivery), exc)
+        log.warning("%s: %s", (what() if callable(what) else what) or repr(delivery), exc)
 
 
 async def move(

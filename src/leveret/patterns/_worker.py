@@ -207,10 +207,13 @@ class Worker(Handler):
     async def _process(self, delivery: Delivery) -> Result:
         """Run one task and settle it."""
         headers = delivery.properties.headers or {}
-        attempt = int_header(headers, ATTEMPT_HEADER, 1)
-        redeliveries = await self._redeliveries(delivery, headers)
-        if redeliveries is None:
-            return REQUEUED, None
+        attempt = int_header(headers, ATTEMPT_HEADER, 1) if headers else 1
+        if headers or delivery.redelivered or self._broker_counts:
+            redeliveries = await self._redeliveries(delivery, headers)
+            if redeliveries is None:
+                return REQUEUED, None
+        else:  # a first delivery that carries no count: no detour
+            redeliveries = 0
         if redeliveries > self.retries.max_redeliveries:
             timeout = self._consumer_timeout
             reason = f"redelivered {redeliveries} times " + (
@@ -249,7 +252,7 @@ class Worker(Handler):
             return await self._failed(delivery, exc, attempt, redeliveries), exc
         finally:
             _current.reset(token)
-        settle(delivery, "ack", what=f"{self._what(delivery)} finished, but")
+        settle(delivery, "ack", what=lambda: f"{self._what(delivery)} finished, but")
         return SUCCEEDED, None
 
     async def _failed(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from ..amqp import (
@@ -29,7 +29,7 @@ from ..amqp import (
     resolve_confirm,
     transactions_refused,
 )
-from ..exceptions import ConfigurationError
+from ..exceptions import ChannelClosedError, ConfigurationError, PublishError
 from ._channel_core import ChannelCore, log
 from ._errors import Refusal
 from ._exchanges import REPLY_TO
@@ -219,6 +219,59 @@ class MemoryChannel(ChannelCore, Declarations):
             await future
         finally:
             self._unconfirmed.discard(future)
+
+    async def publish_many(
+        self,
+        bodies: Sequence[bytes],
+        *,
+        routing_key: str,
+        exchange: str = "",
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        message_ids: Sequence[str] | None = None,
+        headers: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[PublishError | None]:
+        """Publish many messages to one destination; for each, ``None`` if the broker took
+        it, else what :meth:`publish` would have raised. As
+        :meth:`leveret.amqp.Channel.publish_many` (here one message after the other).
+
+        Raises:
+            ChannelClosedError: the channel is closed; nothing was sent.
+            ConfigurationError: a property cannot be encoded; nothing was sent.
+            ValueError: ``message_ids`` or ``headers`` has not one entry per body.
+        """
+        count = len(bodies)
+        for given in (message_ids, headers):
+            if given is not None and len(given) != count:
+                raise ValueError(f"publish_many: {len(given)} message ids or headers for {count}")
+        shared = properties or Properties()
+        each = [
+            shared.replace(
+                **({} if message_ids is None else {"message_id": message_ids[i]}),
+                **({} if headers is None else {"headers": headers[i]}),
+            )
+            for i in range(count)
+        ]
+        for message in each:
+            message.encode()  # nothing is sent if one cannot be
+        self._ensure_open()
+        results: list[PublishError | None] = []
+        for body, message in zip(bodies, each, strict=True):
+            try:
+                await self.publish(
+                    body,
+                    routing_key=routing_key,
+                    exchange=exchange,
+                    mandatory=mandatory,
+                    properties=message,
+                )
+            except PublishError as exc:
+                results.append(exc)
+            except ChannelClosedError as exc:  # closed by an earlier one: never sent
+                results.append(publish_not_confirmed(self.number, exc))
+            else:
+                results.append(None)
+        return results
 
     def _route(
         self,
