@@ -20,6 +20,19 @@ from ..exceptions import (
 from ._base import Base, Proxy
 from ._call import DEFAULT_PREFETCH, DEFAULT_THREADS, KeywordCall
 from ._callee import DEADLINE_HEADER
+from ._cancel import (
+    CANCELLED_REASON,
+    CONTROL_EXCHANGE,
+    REVOKED_MAX_LENGTH,
+    REVOKED_TTL,
+    Revocations,
+    cancel_routing_key,
+    load_revocations,
+    parse_revocation,
+    publish_revocation,
+    revocations,
+    revoked_queue,
+)
 from ._deadletters import DeadLetter, list_dead_letters, replay_dead_letters
 from ._master import CompressedJsonMaster, JsonMaster, Master
 from ._observe import (
@@ -32,6 +45,7 @@ from ._observe import (
     remove_observer,
 )
 from ._retry import (
+    ATTEMPT_HEADER,
     RetryPolicy,
     TaskInfo,
     current_task,
@@ -41,18 +55,24 @@ from ._retry import (
 )
 from ._rpc import REPLY_TO, RPC, CompressedJsonRPC, JsonRPC, RPCMessageType
 from ._seam import GetChannel, PatternChannel, QueueType
-from ._serve import serve
+from ._serve import Closable, ServeHook, serve, serve_hooks
 from ._worker import Worker
 
 __all__ = [
+    "ATTEMPT_HEADER",
+    "CANCELLED_REASON",
+    "CONTROL_EXCHANGE",
     "DEADLINE_HEADER",
     "DEFAULT_PREFETCH",
     "DEFAULT_THREADS",
     "REPLY_TO",
+    "REVOKED_MAX_LENGTH",
+    "REVOKED_TTL",
     "RPC",
     "Base",
     "CallInterruptedError",
     "CallRedeliveredError",
+    "Closable",
     "CompressedJsonMaster",
     "CompressedJsonRPC",
     "DeadLetter",
@@ -75,17 +95,26 @@ __all__ = [
     "RejectMessage",
     "RemoteError",
     "RetryPolicy",
+    "Revocations",
+    "ServeHook",
     "TaskInfo",
     "UnroutableError",
     "Worker",
     "add_observer",
+    "cancel_routing_key",
     "current_task",
     "dead_letter_queue",
     "default_observers",
     "list_dead_letters",
+    "load_revocations",
     "parked_queue",
+    "parse_revocation",
+    "publish_revocation",
     "remove_observer",
     "replay_dead_letters",
     "retry_queue",
+    "revocations",
+    "revoked_queue",
     "serve",
+    "serve_hooks",
 ]

@@ -83,6 +83,11 @@ class Handler:
         self._closed = False
 
     @property
+    def limit(self) -> int:
+        """Deliveries handled at once at most (the consumer's prefetch)."""
+        return self._runner.limit
+
+    @property
     def in_flight(self) -> int:
         """Deliveries received by this consumer and not finished yet."""
         return self._runner.active + self._runner.waiting

@@ -408,6 +408,11 @@ class RPC(Base, AsyncClosing):
 
     # -- callee ----------------------------------------------------------------------
 
+    @property
+    def methods(self) -> list[str]:
+        """The names of the methods this RPC serves, in the order they were registered."""
+        return list(self._callees)
+
     async def register(
         self,
         method_name: str,

@@ -19,6 +19,7 @@ without requeue (dropped, or routed by the queue's own dead-letter exchange).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -28,6 +29,7 @@ from typing import Any
 from ..amqp import Delivery
 from ..exceptions import AMQPError, MessageProcessingError, RejectMessage, SerializationError
 from ._call import KeywordCall
+from ._cancel import CANCELLED_REASON, revocations
 from ._handler import Handler, Result
 from ._observe import (
     DEAD_LETTERED,
@@ -109,6 +111,36 @@ class Worker(Handler):
         # An auto-delete or exclusive worker's dead-letter and retry queues go with it.
         self._throwaway = throwaway
         self._own_queues: set[str] = set()
+        # Revoked message ids of this task (see _cancel.py): a truth test while none.
+        self._revoked = revocations.of(self.name)
+        # The asyncio task running each delivery's function, and those being cancelled.
+        self._tasks: dict[Delivery, asyncio.Task[Any]] = {}
+        self._cancelling: set[Delivery] = set()
+
+    def cancel(self, message_id: str) -> bool:
+        """Cancel the run of task ``message_id`` if it runs here now; whether it did.
+
+        An ``async def`` function gets ``CancelledError`` at once; a plain function is
+        interrupted in its thread (one blocked in C code for more than a second is
+        left running, and its result is discarded). Either way the task goes to its
+        dead-letter queue with the reason ``cancelled`` and is never retried.
+        """
+        for delivery, task in self._tasks.items():
+            if delivery.properties.message_id == message_id:
+                if delivery not in self._cancelling:
+                    self._cancelling.add(delivery)
+                    task.cancel()
+                return True
+        return False
+
+    def _cancelled_here(self, delivery: Delivery) -> bool:
+        """Whether a ``CancelledError`` in ``delivery``'s run came from :meth:`cancel`
+        alone (then it is taken back: the delivery is settled, not the runner stopped)."""
+        if delivery not in self._cancelling:
+            return False
+        self._cancelling.discard(delivery)
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop consuming; tasks already running finish first.
@@ -183,6 +215,9 @@ class Worker(Handler):
         """Run one task and settle it."""
         headers = delivery.properties.headers or {}
         attempt = int_header(headers, ATTEMPT_HEADER, 1)
+        if self._revoked and revocations.revoked(self.name, delivery.properties.message_id):
+            reason = CANCELLED_REASON
+            return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), None
         redeliveries = await self._redeliveries(delivery, headers)
         if redeliveries is None:
             return REQUEUED, None
@@ -205,8 +240,16 @@ class Worker(Handler):
             return await self._dead_letter(delivery, reason, attempt), None
         # What current_task() reports, built only if the function asks for it.
         token = _current.set((self.name, delivery, attempt, redeliveries))
+        runner = asyncio.current_task()
+        if runner is not None:
+            self._tasks[delivery] = runner
         try:
             await self._run(delivery, kwargs, self.time_limit)
+        except asyncio.CancelledError:
+            if not self._cancelled_here(delivery):
+                raise
+            reason = CANCELLED_REASON
+            return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), None
         except MessageProcessingError as exc:
             if exc.requeue:
                 settle(delivery, "nack", requeue=True, what=self._what(delivery))
@@ -224,6 +267,9 @@ class Worker(Handler):
             return await self._failed(delivery, exc, attempt, redeliveries), exc
         finally:
             _current.reset(token)
+            self._tasks.pop(delivery, None)
+            if delivery in self._cancelling:  # it ended before the cancel reached it
+                self._cancelled_here(delivery)
         settle(delivery, "ack", what=f"{self._what(delivery)} finished, but")
         return SUCCEEDED, None
 
