@@ -10,8 +10,8 @@ revokes a task. Nothing but the broker holds this state.
 """
 
 from ..patterns import ServeHook, serve_hooks
-from ._agent import Agent, ControlChannel, ControlConnection, worker_id
-from ._hook import agents, serving
+from ._agent import Agent, ControlChannel, ControlConnection, agents, new_worker_id
+from ._hook import serving
 from ._inspect import Inspection, RunningTask, inspect
 from ._registry import (
     DEFAULT_INTERVAL,
@@ -43,7 +43,7 @@ __all__ = [
     "agents",
     "cancel",
     "inspect",
+    "new_worker_id",
     "read_workers",
     "serving",
-    "worker_id",
 ]

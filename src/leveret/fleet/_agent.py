@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from .._version import __version__
 from ..amqp import AsyncClosing, Delivery
-from ..exceptions import AMQPError
+from ..exceptions import AMQPError, NotFoundError
 from ..patterns import (
     ATTEMPT_HEADER,
     CONTROL_EXCHANGE,
@@ -60,16 +60,14 @@ _COUNTED = {
     "dead_lettered": "dead_lettered",
 }
 
-_ids: dict[int, str] = {}
+#: The agents running in this process (a serve() hook leaves their services alone).
+agents: list[Agent] = []
 
 
-def worker_id() -> str:
-    """This process's id in the fleet: ``<host>:<pid>:<6 hex digits>`` (a forked
-    child gets its own)."""
-    pid = os.getpid()
-    if pid not in _ids:
-        _ids[pid] = f"{socket.gethostname()}:{pid}:{secrets.token_hex(3)}"
-    return _ids[pid]
+def new_worker_id() -> str:
+    """A worker's id in the fleet: ``<host>:<pid>:<6 random hex digits>`` (a process
+    restarted with the same pid is another worker)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class ControlChannel(GetChannel, Protocol):
@@ -97,7 +95,8 @@ class Agent(Observer, AsyncClosing):
         self.connection = connection
         self.app = app
         self.interval = interval
-        self.id = worker_id()
+        #: Stable for the agent's life (one per ``leveret run`` process).
+        self.id = new_worker_id()
         self.masters: list[Master] = []
         self.rpcs: list[RPC] = []
         self.counts = {"done": 0, "failed": 0, "retried": 0, "dead_lettered": 0}
@@ -135,15 +134,28 @@ class Agent(Observer, AsyncClosing):
         self._channel = channel
         await declare_registry(channel)
         for task in sorted({*tasks, *self._tasks()}):
-            await load_revocations(channel, task)
+            await self._load_revocations(task)
         queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).queue
         for key in (inspect_key(None), inspect_key(self.app), cancel_routing_key("#")):
             await channel.queue_bind(queue, CONTROL_EXCHANGE, key)
         await channel.consume(queue, self._on_control, no_ack=True, exclusive=True)
         await self._beat()
+        agents.append(self)
         self._beating = asyncio.get_running_loop().create_task(
             self._keep_beating(), name=f"leveret fleet heartbeats {self.id}"
         )
+
+    async def _load_revocations(self, task: str) -> None:
+        # A scratch channel each: a task never revoked has no queue, and the broker
+        # closes the channel that asked for it.
+        scratch: ControlChannel = await self.connection.channel(publisher_confirms=False)
+        try:
+            await load_revocations(scratch, task)
+        except NotFoundError:
+            return
+        finally:
+            if not scratch.is_closed:
+                await scratch.close()
 
     async def close(self) -> None:
         """Stop the heartbeats and say this worker stopped (idempotent)."""
@@ -153,6 +165,8 @@ class Agent(Observer, AsyncClosing):
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
         channel, self._channel = self._channel, None
+        if self in agents:
+            agents.remove(self)
         for master in self.masters:
             master.observers.remove(self)
         for rpc in self.rpcs:

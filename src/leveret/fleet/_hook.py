@@ -18,12 +18,9 @@ from pathlib import Path
 
 from ..exceptions import AMQPError
 from ..patterns import RPC, Closable, Master
-from ._agent import Agent
+from ._agent import Agent, agents
 
 log = logging.getLogger("leveret.fleet")
-
-#: The agents running in this process.
-agents: list[Agent] = []
 
 
 def _app_name() -> str:
@@ -55,9 +52,7 @@ async def serving(services: Sequence[Closable]) -> AsyncIterator[None]:
         log.warning("the fleet's heartbeats could not start (%s): serving without them", exc)
         yield
         return
-    agents.append(agent)
     try:
         yield
     finally:
-        agents.remove(agent)
         await agent.close()

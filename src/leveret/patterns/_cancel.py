@@ -139,8 +139,14 @@ async def publish_revocation(channel: PatternChannel, task: str, message_id: str
 
 async def load_revocations(channel: GetChannel, task: str) -> int:
     """Read ``task``'s revocation queue into :data:`revocations` without consuming it:
-    each message is fetched, then all are requeued (in their order). How many."""
-    queue = await declare_revoked(channel, task)
+    each message is fetched, then all are requeued (in their order). How many.
+
+    Raises:
+        NotFoundError: nothing was ever revoked for ``task`` (its queue does not
+            exist; the broker closed ``channel``).
+    """
+    queue = revoked_queue(task)
+    await channel.queue_declare(queue, passive=True)
     fetched: list[Delivery] = []
     try:
         while (delivery := await channel.get(queue)) is not None:
