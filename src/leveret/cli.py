@@ -325,6 +325,7 @@ def _serve(
             master, rpc = await app.start(connection, prefetch_count=prefetch)
             if agent is not None:
                 agent.attach(master, rpc)
+                await agent.beat()  # the fleet sees what it serves at once
             log.info(
                 "serving %s (app %r: %s) on %s, pid %d",
                 target,

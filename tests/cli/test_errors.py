@@ -342,7 +342,10 @@ def test_leveret_run_reports_a_refused_login_once(amqp_url: str, project: Projec
 
 @pytest.mark.parametrize(
     ("group", "names"),
-    [((), ["demo", "dlq", "run", "status"]), (("dlq",), ["list", "replay", "show"])],
+    [
+        ((), ["cancel", "demo", "dlq", "inspect", "run", "status", "workers"]),
+        (("dlq",), ["list", "replay", "show"]),
+    ],
 )
 def test_the_help_lists_every_command_in_full(group: tuple[str, ...], names: list[str]) -> None:
     result = leveret(*group, "--help")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from leveret import App, connect
+from leveret.patterns import dead_letter_queue, revoked_queue
 from tests.cli.conftest import (
     Project,
     Reaper,
@@ -75,7 +76,8 @@ async def _delete_queues(project: Project) -> None:
     async with await connect(AMQP_URL) as conn:
         channel = await conn.channel()
         for name in ("record", "hog"):
-            for queue in (f"{project.prefix}.{name}", f"{project.prefix}.{name}.dlq"):
+            task = f"{project.prefix}.{name}"
+            for queue in (task, dead_letter_queue(task), revoked_queue(task)):
                 await channel.queue_delete(queue)
         await channel.queue_delete(f"{project.prefix}.multiply")
 

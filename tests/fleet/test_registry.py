@@ -159,9 +159,10 @@ async def test_inspect_names_a_live_worker_that_does_not_answer(connection: Any)
 
 
 async def test_a_process_that_serves_announces_itself_while_it_serves(
-    connection: Any, cleanup: Cleanup
+    connection: Any, cleanup: Cleanup, revoked: list[str]
 ) -> None:
     task = cleanup.queue(_name())
+    revoked.append(task)
     master = Master(await connection.channel())
 
     async def work(n: int) -> None:

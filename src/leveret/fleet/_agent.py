@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from .._version import __version__
 from ..amqp import AsyncClosing, Delivery
-from ..exceptions import AMQPError, NotFoundError
+from ..exceptions import AMQPError
 from ..patterns import (
     ATTEMPT_HEADER,
     CONTROL_EXCHANGE,
@@ -134,28 +134,16 @@ class Agent(Observer, AsyncClosing):
         self._channel = channel
         await declare_registry(channel)
         for task in sorted({*tasks, *self._tasks()}):
-            await self._load_revocations(task)
+            await load_revocations(channel, task)
         queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).queue
         for key in (inspect_key(None), inspect_key(self.app), cancel_routing_key("#")):
             await channel.queue_bind(queue, CONTROL_EXCHANGE, key)
         await channel.consume(queue, self._on_control, no_ack=True, exclusive=True)
-        await self._beat()
+        await self.beat()
         agents.append(self)
         self._beating = asyncio.get_running_loop().create_task(
             self._keep_beating(), name=f"leveret fleet heartbeats {self.id}"
         )
-
-    async def _load_revocations(self, task: str) -> None:
-        # A scratch channel each: a task never revoked has no queue, and the broker
-        # closes the channel that asked for it.
-        scratch: ControlChannel = await self.connection.channel(publisher_confirms=False)
-        try:
-            await load_revocations(scratch, task)
-        except NotFoundError:
-            return
-        finally:
-            if not scratch.is_closed:
-                await scratch.close()
 
     async def close(self) -> None:
         """Stop the heartbeats and say this worker stopped (idempotent)."""
@@ -241,7 +229,8 @@ class Agent(Observer, AsyncClosing):
             confirm=False,
         )
 
-    async def _beat(self) -> None:
+    async def beat(self) -> None:
+        """Send a heartbeat now (as after attaching what was started since :meth:`start`)."""
         if self._channel is not None:
             await self._publish_heartbeat(self._channel)
 
@@ -249,7 +238,7 @@ class Agent(Observer, AsyncClosing):
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self._beat()
+                await self.beat()
             except AMQPError as exc:  # a robust channel comes back; the next beat goes then
                 log.debug("fleet heartbeat not sent: %s", exc)
 

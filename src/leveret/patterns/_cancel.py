@@ -3,8 +3,9 @@
 A revocation names a task and a message id. It is published twice (see
 :func:`publish_revocation`): persistent, to the durable queue
 ``leveret.revoked.<task>`` (at most :data:`REVOKED_MAX_LENGTH` of them, each
-kept :data:`REVOKED_TTL` seconds: the oldest go first), which a worker process
-reads when it starts without consuming it; and transient, to the control
+kept :data:`REVOKED_TTL` seconds: the oldest go first; the queue itself goes
+after as long unused), which a worker process reads when it starts without
+consuming it; and transient, to the control
 exchange ``leveret.control`` with the routing key ``cancel.<task>``, so that
 running workers learn it at once. A worker settles a revoked task as cancelled
 when it reaches it: to its dead-letter queue with the reason
@@ -110,6 +111,8 @@ async def declare_revoked(channel: PatternChannel, task: str) -> str:
         arguments={
             "x-max-length": REVOKED_MAX_LENGTH,
             "x-message-ttl": int(REVOKED_TTL * 1000),
+            # Unused for as long (no revocation, no worker started): it goes too.
+            "x-expires": int(REVOKED_TTL * 1000),
         },
     )
     await channel.exchange_declare(CONTROL_EXCHANGE, "topic", durable=True)
@@ -141,12 +144,9 @@ async def load_revocations(channel: GetChannel, task: str) -> int:
     """Read ``task``'s revocation queue into :data:`revocations` without consuming it:
     each message is fetched, then all are requeued (in their order). How many.
 
-    Raises:
-        NotFoundError: nothing was ever revoked for ``task`` (its queue does not
-            exist; the broker closed ``channel``).
+    The queue is declared if it is not there (it goes a day after its last use).
     """
-    queue = revoked_queue(task)
-    await channel.queue_declare(queue, passive=True)
+    queue = await declare_revoked(channel, task)
     fetched: list[Delivery] = []
     try:
         while (delivery := await channel.get(queue)) is not None:
