@@ -1,8 +1,12 @@
-"""``leveret workers``, ``leveret inspect`` and ``leveret cancel``: the fleet from the
+"""``leveret workers``, ``inspect``, ``cancel`` and ``dashboard``: the fleet from the
 command line (see :mod:`leveret.fleet`)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
 import time
 
 import click
@@ -10,12 +14,16 @@ import click
 from ._cli_common import (
     _AMQP_URL_DEFAULT,
     _at_least,
+    _BadValue,
     _broker_url,
     _Failure,
     _log_level_option,
     _run,
+    _run_async,
     _url_option,
 )
+from ._connect import connect
+from .amqp import parse_urls
 from .fleet import DROPPED_AFTER, Inspection, WorkerInfo, cancel, inspect, read_workers
 
 
@@ -113,3 +121,93 @@ def cancel_command(task: str, message_id: str, url: str | None) -> None:
     click.echo(
         f"task {task!r} message {message_id}: cancelled (dead-lettered as it reaches a worker)"
     )
+
+
+def _read_token(given: str | None) -> str | None:
+    """``--token`` (``-``: a line read from stdin), else ``$LEVERET_DASHBOARD_TOKEN``."""
+    if given == "-":
+        given = sys.stdin.readline().strip()
+    given = given or os.environ.get("LEVERET_DASHBOARD_TOKEN") or None
+    if given is not None and len(given) < 16:
+        raise _BadValue("the dashboard's token must be at least 16 characters")
+    return given
+
+
+@click.command(short_help="Serve the fleet's live web dashboard.")
+@_log_level_option("warning")
+@click.argument("app", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free."
+)
+@click.option(
+    "--token",
+    help="Needed to bind another address than 127.0.0.1: '-' reads it from stdin (default: "
+    "$LEVERET_DASHBOARD_TOKEN). Open the page once with ?token=...",
+)
+@click.option(
+    "--management",
+    metavar="URL",
+    help="RabbitMQ's management API, for unacked counts and rates (default: "
+    "http://BROKER-HOST:15672, with the broker URL's user).",
+)
+@_url_option(_AMQP_URL_DEFAULT)
+def dashboard(
+    app: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    management: str | None,
+    url: str | None,
+) -> None:
+    """Serve a live page of the fleet of APP (default: every app) until Ctrl-C.
+
+    It shows the workers (heartbeat age, tasks running now, with a cancel button),
+    their task queues (ready, consumers, rates, retries waiting), the dead-letter
+    queues (reasons, a replay button) and the RPC methods' latency p50/p99. Needs
+    the extra: pip install 'leveret[dashboard]'.
+    """
+    try:
+        from .fleet.dashboard import Management, serve_dashboard
+    except ImportError:
+        raise _Failure("the dashboard needs its extra: pip install 'leveret[dashboard]'") from None
+    url = _broker_url(url)
+    secret = _read_token(token)
+    if host not in ("127.0.0.1", "localhost", "::1") and secret is None:
+        raise _BadValue(
+            f"--host {host} needs a token (--token - or $LEVERET_DASHBOARD_TOKEN): anyone "
+            "who reaches the page could replay and cancel tasks"
+        )
+    params = parse_urls(url) if not url.startswith("memory://") else None
+    api = None
+    if params is not None:
+        broker_host = params.addresses[0][0]
+        api = Management(
+            management or f"http://{broker_host}:15672",
+            params.username,
+            params.password,
+            params.virtualhost,
+        )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[None] = loop.create_future()
+
+        def stopping() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping)
+        async with await connect(url, name="leveret dashboard") as connection:
+            try:
+                serving = serve_dashboard(
+                    connection, app, host=host, port=port, token=secret, management=api
+                )
+                async with serving as address:
+                    click.echo(f"leveret dashboard on {address} (Ctrl-C stops it)")
+                    await stop
+            except OSError as exc:
+                raise _Failure(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+    _run_async(url, main)

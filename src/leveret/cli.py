@@ -4,7 +4,7 @@
 - ``leveret run module:app``: serve an :class:`~leveret.App`'s tasks and RPC methods;
 - ``leveret status module:app``: the queues an app uses, and what is in them;
 - ``leveret dlq list|show|replay TASK``: look into a dead-letter queue, send tasks back;
-- ``leveret workers``, ``inspect``, ``cancel``: the fleet (in :mod:`._cli_fleet`).
+- ``leveret workers``, ``inspect``, ``cancel``, ``dashboard``: the fleet (in :mod:`._cli_fleet`).
 
 Every error is one line on stderr (``leveret run: ...``) with an exit status of its
 kind (:data:`EPILOG`); none shows a traceback. The library never imports this module.
@@ -44,7 +44,7 @@ from ._cli_common import (
     _run_async,
     _url_option,
 )
-from ._cli_fleet import cancel_command, inspect_command, workers
+from ._cli_fleet import cancel_command, dashboard, inspect_command, workers
 from ._connect import ChannelLike, connect, connect_robust, safe_url
 from ._supervisor import NotStopped, run_processes
 from .app import App
@@ -451,6 +451,7 @@ def demo(tasks: int, calls: int, url: str | None) -> None:
 main.add_command(workers)
 main.add_command(inspect_command, "inspect")
 main.add_command(cancel_command, "cancel")
+main.add_command(dashboard)
 
 
 if __name__ == "__main__":  # pragma: no cover

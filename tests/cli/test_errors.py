@@ -343,7 +343,7 @@ def test_leveret_run_reports_a_refused_login_once(amqp_url: str, project: Projec
 @pytest.mark.parametrize(
     ("group", "names"),
     [
-        ((), ["cancel", "demo", "dlq", "inspect", "run", "status", "workers"]),
+        ((), ["cancel", "dashboard", "demo", "dlq", "inspect", "run", "status", "workers"]),
         (("dlq",), ["list", "replay", "show"]),
     ],
 )

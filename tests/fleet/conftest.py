@@ -8,6 +8,7 @@ import pytest
 
 from leveret.amqp import connect
 from leveret.patterns import revoked_queue
+from tests.cli.conftest import project, reaper
 from tests.conftest import AMQP_URL
 from tests.patterns.conftest import (
     Cleanup,
@@ -24,7 +25,9 @@ __all__ = [
     "cleanup",
     "connect_broker",
     "connection",
+    "project",
     "pytest_generate_tests",
+    "reaper",
     "revoked",
 ]
 

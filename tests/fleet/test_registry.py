@@ -55,7 +55,7 @@ async def test_a_worker_process_is_listed_with_its_tasks_and_counts(
 
         info = await wait_until(listed_done, 10, "the worker listed with 3 tasks done")
         assert info.id == agent.id and info.state() == "alive"
-        assert info.tasks == [task] and info.prefetch == {task: 3}
+        assert info.tasks == [task] and info.prefetch == {task: 3} and info.done == {task: 3}
         assert info.host and info.pid and info.version
         await master.close()
 
@@ -81,8 +81,10 @@ def test_a_worker_not_heard_from_for_two_intervals_is_lost_then_forgotten() -> N
         tasks=[],
         rpc=[],
         prefetch={},
+        attempts={},
         in_flight=0,
         counts={},
+        done={},
         rpc_latency={},
         started_at=now,
         sent_at=now,

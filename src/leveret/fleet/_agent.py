@@ -100,6 +100,8 @@ class Agent(Observer, AsyncClosing):
         self.masters: list[Master] = []
         self.rpcs: list[RPC] = []
         self.counts = {"done": 0, "failed": 0, "retried": 0, "dead_lettered": 0}
+        #: Tasks done, per task.
+        self.done: dict[str, int] = {}
         self.started_at = time.time()
         self._latencies: dict[str, deque[float]] = {}
         self._channel: ControlChannel | None = None
@@ -191,8 +193,10 @@ class Agent(Observer, AsyncClosing):
             tasks=[worker.name for worker in workers],
             rpc=[method for rpc in self.rpcs for method in rpc.methods],
             prefetch={worker.name: worker.limit for worker in workers},
+            attempts={worker.name: worker.retries.max_attempts for worker in workers},
             in_flight=sum(worker.in_flight for worker in workers),
             counts=dict(self.counts),
+            done=dict(self.done),
             rpc_latency=latency,
             started_at=self.started_at,
             sent_at=time.time(),
@@ -288,3 +292,5 @@ class Agent(Observer, AsyncClosing):
         counted = _COUNTED.get(outcome)
         if counted is not None:
             self.counts[counted] += 1
+        if outcome == "succeeded":
+            self.done[name] = self.done.get(name, 0) + 1

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ..amqp import Delivery
@@ -75,15 +76,25 @@ def _parse_answer(body: bytes) -> tuple[str, list[RunningTask]] | None:
 
 
 async def inspect(
-    channel: GetChannel, app: str | None = None, *, timeout: float = 2.0
+    channel: GetChannel,
+    app: str | None = None,
+    *,
+    timeout: float = 2.0,
+    workers: Iterable[WorkerInfo] | None = None,
 ) -> Inspection:
     """Ask every live worker of ``app`` (``None``: of every app) what it runs.
 
-    Returns as soon as each live worker answered, or after ``timeout`` seconds
-    with those that did not in :attr:`Inspection.missing`.
+    ``workers`` are the workers known already (by default those the registry
+    lists). Returns as soon as each live worker answered, or after ``timeout``
+    seconds with those that did not in :attr:`Inspection.missing`.
     """
     started = time.perf_counter()
-    live = {info.id: info for info in await read_workers(channel, app) if info.state() == "alive"}
+    known = await read_workers(channel, app) if workers is None else workers
+    live = {
+        info.id: info
+        for info in known
+        if info.state() == "alive" and (app is None or info.app == app)
+    }
     running: dict[str, list[RunningTask]] = {}
     if not live:
         return Inspection(running, live, [], time.perf_counter() - started)

@@ -53,8 +53,9 @@ class WorkerInfo:
 
     Attributes:
         id: ``<host>:<pid>:<6 hex digits>``, stable for the process's life.
+        prefetch, attempts: per task, its prefetch and its retry policy's ``max_attempts``.
         counts: tasks ``done``, ``failed``, ``retried``, ``dead_lettered`` (the cancelled
-            among them) since the process started.
+            among them) since the process started; ``done`` the tasks done per task.
         rpc_latency: per RPC method served, ``{"p50": s, "p99": s, "count": n}`` over
             its latest calls.
         sent_at, started_at: epoch seconds.
@@ -68,8 +69,10 @@ class WorkerInfo:
     tasks: list[str]
     rpc: list[str]
     prefetch: dict[str, int]
+    attempts: dict[str, int]
     in_flight: int
     counts: dict[str, int]
+    done: dict[str, int]
     rpc_latency: dict[str, dict[str, float]]
     started_at: float
     sent_at: float
@@ -90,8 +93,10 @@ class WorkerInfo:
                 tasks=[str(task) for task in data["tasks"]],
                 rpc=[str(method) for method in data["rpc"]],
                 prefetch={str(k): int(v) for k, v in data["prefetch"].items()},
+                attempts={str(k): int(v) for k, v in data["attempts"].items()},
                 in_flight=int(data["in_flight"]),
                 counts={str(k): int(v) for k, v in data["counts"].items()},
+                done={str(k): int(v) for k, v in data["done"].items()},
                 rpc_latency={
                     str(k): {str(n): float(x) for n, x in v.items()}
                     for k, v in data["rpc_latency"].items()
