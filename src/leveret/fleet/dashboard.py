@@ -18,6 +18,7 @@ POST of JSON carrying the page's CSRF token in ``X-CSRF-Token``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
@@ -29,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
-from aiohttp import BasicAuth, ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from ..amqp import Delivery
 from ..exceptions import AMQPError, ConfigurationError, LeveretError, NotFoundError
@@ -58,14 +59,15 @@ class Management:
 
     def __init__(self, url: str, user: str, password: str, vhost: str) -> None:
         self.url = url.rstrip("/")
-        self._auth = BasicAuth(user, password)
+        credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {credentials}"}  # never logged or shown
         self._vhost = vhost
         self._session: ClientSession | None = None
 
     async def queues(self) -> dict[str, dict[str, Any]] | None:
         """Queue name -> its management fields; ``None`` if the API does not answer."""
         if self._session is None:
-            self._session = ClientSession(auth=self._auth, timeout=ClientTimeout(total=2))
+            self._session = ClientSession(headers=self._headers, timeout=ClientTimeout(total=2))
         vhost = "%2F" if self._vhost == "/" else self._vhost
         try:
             async with self._session.get(f"{self.url}/api/queues/{vhost}") as response:
