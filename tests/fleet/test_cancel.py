@@ -111,8 +111,8 @@ async def test_a_running_async_task_gets_cancelled_error_and_is_dead_lettered_ne
         reader = await elsewhere.channel()
         await wait_until(lambda: _cancelled(reader, task), 10, "the running task dead-lettered")
         assert [type(exc) for exc in seen] == [asyncio.CancelledError]
-        await wait_until(lambda: agent.counts["dead_lettered"], 10, "counted as dead-lettered")
-        assert agent.counts["retried"] == 0
+        await wait_until(lambda: agent.counts()["dead_lettered"], 10, "counted as dead-lettered")
+        assert agent.counts()["retried"] == 0
         # The worker goes on with other tasks.
         await master.create_task(task, {"n": 2}, message_id="next")
         await wait_until(lambda: started == [1, 2], 10, "the next task started")

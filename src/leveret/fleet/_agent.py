@@ -4,8 +4,9 @@ An :class:`Agent` reports on the Masters and RPCs it is attached to. On its own
 channel (no publisher confirms: control traffic never waits for the broker, and
 never delays task traffic) it sends a heartbeat every ``interval`` seconds, and
 consumes an exclusive queue bound to the inspect requests of its app and to
-every live revocation. It is an :class:`~leveret.patterns.Observer` of the
-services it reports on, for its counts and the RPC latencies.
+every live revocation. Its counts and the RPC latencies are those the workers
+and callees keep themselves (a dict increment per delivery): it adds nothing to
+the path of a task.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import secrets
 import socket
 import time
-from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -29,9 +29,7 @@ from ..patterns import (
     CONTROL_EXCHANGE,
     RPC,
     GetChannel,
-    Kind,
     Master,
-    Observer,
     Outcome,
     cancel_routing_key,
     load_revocations,
@@ -50,10 +48,8 @@ from ._registry import (
 
 log = logging.getLogger("leveret.fleet")
 
-#: RPC durations kept per method for its p50/p99.
-LATENCY_WINDOW = 1000
 #: The outcomes a heartbeat counts, by the names it gives them.
-_COUNTED = {
+_COUNTED: dict[Outcome, str] = {
     "succeeded": "done",
     "failed": "failed",
     "retried": "retried",
@@ -82,7 +78,7 @@ class ControlConnection(Protocol):
     async def channel(self, *, publisher_confirms: bool = True) -> Any: ...
 
 
-class Agent(Observer, AsyncClosing):
+class Agent(AsyncClosing):
     """Announces this process's workers and answers for them (see the module).
 
     ``async with Agent(connection, "shop") as agent:`` starts and stops it; or
@@ -99,26 +95,19 @@ class Agent(Observer, AsyncClosing):
         self.id = new_worker_id()
         self.masters: list[Master] = []
         self.rpcs: list[RPC] = []
-        self.counts = {"done": 0, "failed": 0, "retried": 0, "dead_lettered": 0}
-        #: Tasks done, per task.
-        self.done: dict[str, int] = {}
         self.started_at = time.time()
-        self._latencies: dict[str, deque[float]] = {}
         self._channel: ControlChannel | None = None
         self._beating: asyncio.Task[None] | None = None
         self._clock = time.perf_counter
 
     def attach(self, *services: Master | RPC) -> None:
         """Report on these Masters and RPCs (their workers and callees as they are
-        at each heartbeat), and observe them."""
+        at each heartbeat)."""
         for service in services:
             if isinstance(service, Master) and service not in self.masters:
                 self.masters.append(service)
             elif isinstance(service, RPC) and service not in self.rpcs:
                 self.rpcs.append(service)
-            else:
-                continue
-            service.observers.add(self)
 
     def reports_on(self, service: object) -> bool:
         return service in self.masters or service in self.rpcs
@@ -157,10 +146,6 @@ class Agent(Observer, AsyncClosing):
         channel, self._channel = self._channel, None
         if self in agents:
             agents.remove(self)
-        for master in self.masters:
-            master.observers.remove(self)
-        for rpc in self.rpcs:
-            rpc.observers.remove(self)
         if channel is None:
             return
         with contextlib.suppress(AMQPError):
@@ -169,15 +154,25 @@ class Agent(Observer, AsyncClosing):
 
     # -- what it tells ---------------------------------------------------------------
 
+    def counts(self) -> dict[str, int]:
+        """Tasks done, failed, retried and dead-lettered by the workers reported on."""
+        counts = dict.fromkeys(_COUNTED.values(), 0)
+        for master in self.masters:
+            for worker in master.workers:
+                for outcome, name in _COUNTED.items():
+                    counts[name] += worker.outcomes[outcome]
+        return counts
+
     def _tasks(self) -> list[str]:
         return [worker.name for master in self.masters for worker in master.workers]
 
     def info(self, *, stopped: bool = False) -> WorkerInfo:
         """This process as its next heartbeat describes it."""
         workers = [worker for master in self.masters for worker in master.workers]
+        callees = {name: callee for rpc in self.rpcs for name, callee in rpc.callees.items()}
         latency = {}
-        for method, seconds in self._latencies.items():
-            ordered = sorted(seconds)
+        for method, callee in callees.items():
+            ordered = sorted(callee.durations or ())
             if ordered:
                 latency[method] = {
                     "p50": ordered[len(ordered) // 2],
@@ -191,12 +186,12 @@ class Agent(Observer, AsyncClosing):
             pid=os.getpid(),
             version=__version__,
             tasks=[worker.name for worker in workers],
-            rpc=[method for rpc in self.rpcs for method in rpc.methods],
+            rpc=list(callees),
             prefetch={worker.name: worker.limit for worker in workers},
             attempts={worker.name: worker.retries.max_attempts for worker in workers},
             in_flight=sum(worker.in_flight for worker in workers),
-            counts=dict(self.counts),
-            done=dict(self.done),
+            counts=self.counts(),
+            done={worker.name: worker.outcomes["succeeded"] for worker in workers},
             rpc_latency=latency,
             started_at=self.started_at,
             sent_at=time.time(),
@@ -273,24 +268,3 @@ class Agent(Observer, AsyncClosing):
                     content_type="application/json",
                     confirm=False,
                 )
-
-    # -- the observer ----------------------------------------------------------------
-
-    def on_start(self, kind: Kind, name: str, delivery: Delivery) -> Any:
-        return self._clock()
-
-    def on_finish(
-        self, kind: Kind, name: str, token: Any, outcome: Outcome, error: BaseException | None
-    ) -> None:
-        if kind == "call":
-            if token is not None:
-                window = self._latencies.get(name)
-                if window is None:
-                    window = self._latencies[name] = deque(maxlen=LATENCY_WINDOW)
-                window.append(self._clock() - token)
-            return
-        counted = _COUNTED.get(outcome)
-        if counted is not None:
-            self.counts[counted] += 1
-        if outcome == "succeeded":
-            self.done[name] = self.done.get(name, 0) + 1

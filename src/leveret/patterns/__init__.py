@@ -19,7 +19,7 @@ from ..exceptions import (
 )
 from ._base import Base, Proxy
 from ._call import DEFAULT_PREFETCH, DEFAULT_THREADS, KeywordCall
-from ._callee import DEADLINE_HEADER
+from ._callee import DEADLINE_HEADER, Callee
 from ._cancel import (
     CANCELLED_REASON,
     CONTROL_EXCHANGE,
@@ -36,6 +36,7 @@ from ._cancel import (
 from ._deadletters import DeadLetter, list_dead_letters, replay_dead_letters
 from ._master import CompressedJsonMaster, JsonMaster, Master
 from ._observe import (
+    OUTCOMES,
     Kind,
     Observer,
     Observers,
@@ -65,6 +66,7 @@ __all__ = [
     "DEADLINE_HEADER",
     "DEFAULT_PREFETCH",
     "DEFAULT_THREADS",
+    "OUTCOMES",
     "REPLY_TO",
     "REVOKED_MAX_LENGTH",
     "REVOKED_TTL",
@@ -72,6 +74,7 @@ __all__ = [
     "Base",
     "CallInterruptedError",
     "CallRedeliveredError",
+    "Callee",
     "Closable",
     "CompressedJsonMaster",
     "CompressedJsonRPC",

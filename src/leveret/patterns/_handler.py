@@ -14,14 +14,14 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 from ..amqp import Delivery
 from ..exceptions import AMQPError, ConsumerTimeoutError
 from ._call import KeywordCall
-from ._observe import REJECTED, REQUEUED, SKIPPED, Kind, Observers, Outcome
+from ._observe import OUTCOMES, REJECTED, REQUEUED, SKIPPED, Kind, Observers, Outcome
 from ._retry import DELIVERY_COUNT_HEADER, PARKED_HEADER, REDELIVERIES_HEADER, int_header
 from ._runner import Runner
 from ._seam import PatternChannel
@@ -34,6 +34,8 @@ log = logging.getLogger("leveret.patterns")
 Result = tuple[Outcome, BaseException | None]
 #: Deliveries remembered as handled although their ack never reached the broker.
 HANDLED_MEMORY = 10_000
+#: Handling times a callee keeps (its latest), for its percentiles.
+DURATIONS_KEPT = 1000
 
 
 class Handler:
@@ -81,6 +83,13 @@ class Handler:
         self._consumer_timeout: float | None = None
         self._parking = False  # a copy was parked: deliveries may carry PARKED_HEADER
         self._closed = False
+        #: How handling ended, counted per outcome since this handler started (the
+        #: fleet's heartbeats report them: one dict increment per delivery).
+        self.outcomes: dict[Outcome, int] = dict.fromkeys(OUTCOMES, 0)
+        #: A callee's latest handling times in seconds (``None`` for a worker).
+        self.durations: deque[float] | None = (
+            deque(maxlen=DURATIONS_KEPT) if self.kind == "call" else None
+        )
 
     @property
     def limit(self) -> int:
@@ -161,6 +170,8 @@ class Handler:
     async def _handle(self, delivery: Delivery) -> None:
         observers = self._observers
         started = observers.start(self.kind, self.name, delivery) if observers else None
+        durations = self.durations
+        began = self._clock() if durations is not None else 0.0
         result: Result = (REQUEUED, None)
         try:
             again = delivery.redelivered or (
@@ -179,6 +190,9 @@ class Handler:
             settle(delivery, "nack", requeue=True, what=self._what(delivery))
             raise
         finally:
+            self.outcomes[result[0]] += 1
+            if durations is not None:
+                durations.append(self._clock() - began)
             if started is not None:
                 observers.finish(started, self.kind, self.name, *result)
 

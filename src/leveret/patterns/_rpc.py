@@ -409,9 +409,9 @@ class RPC(Base, AsyncClosing):
     # -- callee ----------------------------------------------------------------------
 
     @property
-    def methods(self) -> list[str]:
-        """The names of the methods this RPC serves, in the order they were registered."""
-        return list(self._callees)
+    def callees(self) -> dict[str, Callee]:
+        """The methods this RPC serves, by name, in the order they were registered."""
+        return dict(self._callees)
 
     async def register(
         self,
