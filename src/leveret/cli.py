@@ -420,7 +420,7 @@ def status(target: str, url: str | None) -> None:
         click.echo(f"{name:<50} {ready:>10} {consumers:>10}")
 
 
-@main.command(short_help="Run a worker and a callee, send tasks and calls, show the numbers.")
+@main.command(short_help="Send tasks and calls to a worker and a callee; show the numbers.")
 @_log_level_option("error")
 @click.option(
     "--tasks", default=10_000, show_default=True, callback=_at_least(0), help="Tasks to send."

@@ -50,6 +50,8 @@ async def serving(services: Sequence[Closable]) -> AsyncIterator[None]:
         await agent.start()
     except AMQPError as exc:
         log.warning("the fleet's heartbeats could not start (%s): serving without them", exc)
+        with contextlib.suppress(AMQPError):
+            await agent.close()
         yield
         return
     try:
