@@ -98,7 +98,6 @@ class Agent(AsyncClosing):
         self.started_at = time.time()
         self._channel: ControlChannel | None = None
         self._beating: asyncio.Task[None] | None = None
-        self._clock = time.perf_counter
 
     def attach(self, *services: Master | RPC) -> None:
         """Report on these Masters and RPCs (their workers and callees as they are

@@ -46,12 +46,13 @@ async def serve(
         if not received.done():
             received.set_result(signum)
 
+    # The signals first: one that comes while a hook starts is kept, not fatal.
+    for signum in chosen:
+        loop.add_signal_handler(signum, stop, signum)
     async with contextlib.AsyncExitStack() as hooks:
-        for hook in serve_hooks:
-            await hooks.enter_async_context(hook(services))
-        for signum in chosen:
-            loop.add_signal_handler(signum, stop, signum)
         try:
+            for hook in serve_hooks:
+                await hooks.enter_async_context(hook(services))
             got = await received
         finally:
             for signum in chosen:
