@@ -12,8 +12,9 @@ from aiohttp import web
 from leveret.exceptions import ConfigurationError
 from leveret.fleet import Agent
 from leveret.fleet.dashboard import Board, Management, serve_dashboard
-from leveret.patterns import Master
+from leveret.patterns import Master, RetryPolicy
 from tests.fleet.conftest import Cleanup
+from tests.support.waiting import wait_until
 
 TOKEN = "a-token-long-enough-for-the-test"
 
@@ -63,9 +64,10 @@ async def test_binding_another_address_than_loopback_needs_a_token(connection: A
 
 @pytest.mark.rabbitmq_only
 async def test_the_board_shows_unacked_and_rates_when_the_management_api_answers(
-    connection: Any, cleanup: Cleanup
+    connection: Any, cleanup: Cleanup, revoked: list[str]
 ) -> None:
     task = cleanup.queue(f"board-{uuid.uuid4().hex[:10]}")
+    revoked.append(task)
     seen: list[str] = []
 
     async def queues(request: web.Request) -> web.Response:
@@ -102,3 +104,41 @@ async def test_the_board_shows_unacked_and_rates_when_the_management_api_answers
         await runner.cleanup()
     assert (row["unacked"], row["in_rate"], row["out_rate"]) == (3, 12.5, 11.0)
     assert board.snapshot["not_shown"] is None and seen[0].startswith("Basic ")
+
+
+async def test_the_board_shows_a_task_waiting_for_its_retry_and_its_dead_letters(
+    connection: Any, cleanup: Cleanup
+) -> None:
+    task = cleanup.queue(f"board-{uuid.uuid4().hex[:10]}")
+    master = Master(await connection.channel())
+
+    async def broken(n: int) -> None:
+        raise RuntimeError(f"broken {n}")
+
+    app = f"board-{uuid.uuid4().hex[:6]}"
+    async with Agent(connection, app, interval=60) as agent:
+        agent.attach(master)
+        await agent.start()  # nothing attached yet: no revocation queue to read
+        await master.create_worker(task, broken, retries=RetryPolicy(max_attempts=2, backoff=60))
+        await master.create_worker(f"{task}-once", broken)
+        cleanup.queue(f"{task}-once")
+        await master.create_task(task, {"n": 1})
+        await master.create_task(f"{task}-once", {"n": 2})
+        await agent.beat()
+        board = Board(connection, app, None)
+        await board.start()
+
+        async def shown() -> dict[str, Any] | None:
+            await board.refresh()
+            rows = {row["name"]: row for row in board.snapshot["queues"]}
+            letters = {row["task"]: row for row in board.snapshot["dead_letters"]}
+            waiting = rows.get(task, {}).get("retrying") == {2: 1}
+            once: dict[str, Any] = letters.get(f"{task}-once", {})
+            return once if waiting and once.get("count") == 1 else None
+
+        letters = await wait_until(shown, 10, "a retry waiting and a dead letter")
+        await board.close()
+        await master.close()
+    [(reason, count)] = letters["reasons"]
+    assert count == 1 and "RuntimeError: broken 2" in reason
+    assert "management plugin was not given" in board.snapshot["not_shown"]
