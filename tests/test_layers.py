@@ -16,6 +16,9 @@ the root ``leveret`` (its top-level modules: ``app``, ``cli``, ``blocking``,
 3. ``leveret.patterns`` knows nothing of the in-memory broker or of the
    application layer: it imports neither ``leveret.testing`` nor a top-level
    module but ``leveret.exceptions`` and ``leveret.serializers``.
+4. ``leveret.fleet`` stands on the patterns, like the app and the CLI: it imports
+   ``leveret.patterns``, ``leveret.amqp``, ``leveret.exceptions`` and
+   ``leveret._version``, and nothing else (no in-memory broker, no CLI).
 
 Every import counts, wherever it stands: inside functions (imported lazily) and
 under ``TYPE_CHECKING`` too.
@@ -113,6 +116,16 @@ def test_no_module_imports_a_private_module_of_another_package() -> None:
             "leveret.patterns",
             {"leveret.amqp", "leveret.patterns", "leveret.exceptions", "leveret.serializers"},
         ),
+        (
+            "leveret.fleet",
+            {
+                "leveret.amqp",
+                "leveret.fleet",
+                "leveret.patterns",
+                "leveret.exceptions",
+                SHARED_LEAF,
+            },
+        ),
     ],
 )
 def test_a_lower_layer_imports_nothing_above_it(package: str, allowed: set[str]) -> None:
@@ -133,4 +146,5 @@ def test_the_checks_see_the_imports_they_are_about() -> None:
     assert any(name == "leveret.amqp._channel" for _, name in _imports("leveret.amqp._robust"))
     assert _package("leveret.amqp._channel") == "leveret.amqp"
     assert _package("leveret.cli") == "leveret"
+    assert _package("leveret.fleet._agent") == "leveret.fleet"
     assert _is_private("leveret._connect") and not _is_private("leveret.testing.pytest_plugin")

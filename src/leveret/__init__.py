@@ -4,6 +4,8 @@ The patterns live in :mod:`leveret.patterns`; the AMQP client they run on in
 :mod:`leveret.amqp`; every exception in :mod:`leveret.exceptions`.
 """
 
+# Imported for its serve() hook too: every process that serves announces itself.
+from . import fleet
 from ._connect import ChannelLike, ConnectionLike, connect, connect_robust, safe_url
 from ._version import __version__
 from .amqp import Channel, Connection, Delivery, Properties, RobustConnection
@@ -56,5 +58,6 @@ __all__ = [
     "__version__",
     "connect",
     "connect_robust",
+    "fleet",
     "safe_url",
 ]

@@ -360,7 +360,20 @@ def test_leveret_run_reports_a_refused_login_once(amqp_url: str, project: Projec
 @pytest.mark.parametrize(
     ("group", "names"),
     [
-        ((), ["demo", "dlq", "run", "schedule", "status"]),
+        (
+            (),
+            [
+                "cancel",
+                "dashboard",
+                "demo",
+                "dlq",
+                "inspect",
+                "run",
+                "schedule",
+                "status",
+                "workers",
+            ],
+        ),
         (("dlq",), ["list", "replay", "show"]),
         (("schedule",), ["list"]),
     ],

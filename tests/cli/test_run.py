@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from leveret import App, connect
-from leveret.patterns import delay_queues
+from leveret.patterns import dead_letter_queue, delay_queues, revoked_queue
 from tests.cli.conftest import (
     Project,
     Reaper,
@@ -82,7 +82,7 @@ async def _delete_queues(project: Project) -> None:
         channel = await conn.channel()
         for name in ("record", "hog", "nap"):
             task = f"{project.prefix}.{name}"
-            for queue in (task, f"{task}.dlq", *delay_queues(task)):
+            for queue in (task, dead_letter_queue(task), revoked_queue(task), *delay_queues(task)):
                 await channel.queue_delete(queue)
         await channel.queue_delete(f"{project.prefix}.multiply")
 

@@ -21,11 +21,25 @@ from ..exceptions import (
 )
 from ._base import Base, Proxy
 from ._call import DEFAULT_PREFETCH, DEFAULT_THREADS, KeywordCall
-from ._callee import DEADLINE_HEADER
+from ._callee import DEADLINE_HEADER, Callee
+from ._cancel import (
+    CANCELLED_REASON,
+    CONTROL_EXCHANGE,
+    REVOKED_MAX_LENGTH,
+    REVOKED_TTL,
+    Revocations,
+    cancel_routing_key,
+    load_revocations,
+    parse_revocation,
+    publish_revocation,
+    revocations,
+    revoked_queue,
+)
 from ._deadletters import DeadLetter, list_dead_letters, replay_dead_letters
 from ._delay import MAX_DELAY, UNDELIVERABLE, delay_queues
 from ._master import CompressedJsonMaster, JsonMaster, Master
 from ._observe import (
+    OUTCOMES,
     Kind,
     Observer,
     Observers,
@@ -35,6 +49,7 @@ from ._observe import (
     remove_observer,
 )
 from ._retry import (
+    ATTEMPT_HEADER,
     RetryPolicy,
     TaskInfo,
     current_task,
@@ -45,21 +60,29 @@ from ._rpc import REPLY_TO, RPC, CompressedJsonRPC, JsonRPC, RPCMessageType
 from ._schedule import Schedule, ScheduledTask
 from ._scheduler import Scheduler, read_last_fired, read_token, scheduler_queue
 from ._seam import GetChannel, PatternChannel, QueueType, TxChannel
-from ._serve import serve
+from ._serve import Closable, ServeHook, serve, serve_hooks
 from ._worker import Worker
 
 __all__ = [
+    "ATTEMPT_HEADER",
+    "CANCELLED_REASON",
+    "CONTROL_EXCHANGE",
     "DEADLINE_HEADER",
     "DEFAULT_PREFETCH",
     "DEFAULT_THREADS",
     "MAX_DELAY",
+    "OUTCOMES",
     "REPLY_TO",
+    "REVOKED_MAX_LENGTH",
+    "REVOKED_TTL",
     "RPC",
     "UNDELIVERABLE",
     "Base",
     "BatchPublishError",
     "CallInterruptedError",
     "CallRedeliveredError",
+    "Callee",
+    "Closable",
     "CompressedJsonMaster",
     "CompressedJsonRPC",
     "DeadLetter",
@@ -83,24 +106,33 @@ __all__ = [
     "RejectMessage",
     "RemoteError",
     "RetryPolicy",
+    "Revocations",
     "Schedule",
     "ScheduledTask",
     "Scheduler",
+    "ServeHook",
     "TaskInfo",
     "TxChannel",
     "UnroutableError",
     "Worker",
     "add_observer",
+    "cancel_routing_key",
     "current_task",
     "dead_letter_queue",
     "default_observers",
     "delay_queues",
     "list_dead_letters",
+    "load_revocations",
     "parked_queue",
+    "parse_revocation",
+    "publish_revocation",
     "read_last_fired",
     "read_token",
     "remove_observer",
     "replay_dead_letters",
+    "revocations",
+    "revoked_queue",
     "scheduler_queue",
     "serve",
+    "serve_hooks",
 ]

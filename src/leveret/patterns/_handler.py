@@ -15,14 +15,14 @@ import contextlib
 import inspect
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 from ..amqp import Delivery
 from ..exceptions import AMQPError, ConsumerTimeoutError
 from ._call import KeywordCall
-from ._observe import REJECTED, REQUEUED, SKIPPED, Kind, Observers, Outcome
+from ._observe import OUTCOMES, REJECTED, REQUEUED, SKIPPED, Kind, Observers, Outcome
 from ._retry import DELIVERY_COUNT_HEADER, PARKED_HEADER, REDELIVERIES_HEADER, int_header
 from ._runner import Runner
 from ._seam import PatternChannel
@@ -35,6 +35,8 @@ log = logging.getLogger("leveret.patterns")
 Result = tuple[Outcome, BaseException | None]
 #: Deliveries remembered as handled although their ack never reached the broker.
 HANDLED_MEMORY = 10_000
+#: Handling times a callee keeps (its latest), for its percentiles.
+DURATIONS_KEPT = 1000
 
 
 class Handler:
@@ -83,6 +85,18 @@ class Handler:
         self._consumer_timeout: float | None = None
         self._parking = False  # a copy was parked: deliveries may carry PARKED_HEADER
         self._closed = False
+        #: How handling ended, counted per outcome since this handler started (the
+        #: fleet's heartbeats report them: one dict increment per delivery).
+        self.outcomes: dict[Outcome, int] = dict.fromkeys(OUTCOMES, 0)
+        #: A callee's latest handling times in seconds (``None`` for a worker).
+        self.durations: deque[float] | None = (
+            deque(maxlen=DURATIONS_KEPT) if self.kind == "call" else None
+        )
+
+    @property
+    def limit(self) -> int:
+        """Deliveries handled at once at most (the consumer's prefetch)."""
+        return self._runner.limit
 
     @property
     def in_flight(self) -> int:
@@ -158,6 +172,8 @@ class Handler:
     async def _handle(self, delivery: Delivery) -> None:
         observers = self._observers
         started = observers.start(self.kind, self.name, delivery) if observers else None
+        durations = self.durations
+        began = self._clock() if durations is not None else 0.0
         result: Result = (REQUEUED, None)
         try:
             again = delivery.redelivered or (
@@ -176,6 +192,9 @@ class Handler:
             settle(delivery, "nack", requeue=True, what=self._what(delivery))
             raise
         finally:
+            self.outcomes[result[0]] += 1
+            if durations is not None:
+                durations.append(self._clock() - began)
             if started is not None:
                 observers.finish(started, self.kind, self.name, *result)
 

@@ -32,6 +32,7 @@ from ..exceptions import (
 from ..serializers import JSON, Serializer
 from ._base import Base, CompressedJson, Duration, Proxy, keyword_arguments, milliseconds
 from ._call import KeywordCall
+from ._cancel import publish_revocation
 from ._delay import declare_ladder, delay_seconds, route
 from ._observe import Observer, Observers
 from ._retry import RetryPolicy, dead_letter_queue
@@ -394,6 +395,24 @@ class Master(Base, AsyncClosing):
             await worker.start()
         self.workers.append(worker)
         return worker
+
+    async def cancel(self, task: str, message_id: str) -> bool:
+        """Cancel task ``message_id`` of ``task``, wherever it is; whether it ran here.
+
+        A task still queued, delayed or waiting for a retry never starts: the worker
+        it reaches (one started later too) sends it to its dead-letter queue with the
+        reason ``cancelled``. A running ``async def`` task gets ``CancelledError`` and
+        is dead-lettered the same way, never retried; a running plain function is
+        interrupted in its thread (see :meth:`Worker.cancel`). Workers of other
+        processes learn it through the fleet (``leveret run`` and ``serve()`` start
+        it); revocations are kept for a day, at most 10,000 per task.
+
+        Raises:
+            PublishError, ChannelClosedError: the broker did not take it.
+        """
+        await publish_revocation(self.channel, task, message_id)
+        ran = [worker.cancel(message_id) for worker in self.workers if worker.name == task]
+        return any(ran)
 
     async def close(self, timeout: float | None = None) -> None:
         """Close every worker this master created (see :meth:`Worker.close`); ``async

@@ -39,6 +39,16 @@ DEAD_LETTERED: Outcome = "dead_lettered"
 REQUEUED: Outcome = "requeued"
 SKIPPED: Outcome = "skipped"
 REJECTED: Outcome = "rejected"
+#: Every outcome, in the order above.
+OUTCOMES: tuple[Outcome, ...] = (
+    SUCCEEDED,
+    FAILED,
+    RETRIED,
+    DEAD_LETTERED,
+    REQUEUED,
+    SKIPPED,
+    REJECTED,
+)
 
 
 class Observer:

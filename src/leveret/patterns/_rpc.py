@@ -439,6 +439,11 @@ class RPC(Base, AsyncClosing):
 
     # -- callee ----------------------------------------------------------------------
 
+    @property
+    def callees(self) -> dict[str, Callee]:
+        """The methods this RPC serves, by name, in the order they were registered."""
+        return dict(self._callees)
+
     async def register(
         self,
         method_name: str,

@@ -19,6 +19,7 @@ without requeue (dropped, or routed by the queue's own dead-letter exchange).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -34,6 +35,7 @@ from ..exceptions import (
     SerializationError,
 )
 from ._call import KeywordCall
+from ._cancel import CANCELLED_REASON, revocations
 from ._delay import addressed, check_name, declare_ladder, route
 from ._handler import Handler, Result
 from ._observe import (
@@ -121,6 +123,36 @@ class Worker(Handler):
             check_name(self.name)
         except ConfigurationError as exc:
             self._undelayable = str(exc)
+        # Revoked message ids of this task (see _cancel.py): a truth test while none.
+        self._revoked = revocations.of(self.name)
+        # The asyncio task running each delivery's function, and those being cancelled.
+        self._tasks: dict[Delivery, asyncio.Task[Any]] = {}
+        self._cancelling: set[Delivery] = set()
+
+    def cancel(self, message_id: str) -> bool:
+        """Cancel the run of task ``message_id`` if it runs here now; whether it did.
+
+        An ``async def`` function gets ``CancelledError`` at once; a plain function is
+        interrupted in its thread (one blocked in C code for more than a second is
+        left running, and its result is discarded). Either way the task goes to its
+        dead-letter queue with the reason ``cancelled`` and is never retried.
+        """
+        for delivery, task in self._tasks.items():
+            if delivery.properties.message_id == message_id:
+                if delivery not in self._cancelling:
+                    self._cancelling.add(delivery)
+                    task.cancel()
+                return True
+        return False
+
+    def _cancelled_here(self, delivery: Delivery) -> bool:
+        """Whether a ``CancelledError`` in ``delivery``'s run came from :meth:`cancel`
+        alone (then it is taken back: the delivery is settled, not the runner stopped)."""
+        if delivery not in self._cancelling:
+            return False
+        self._cancelling.discard(delivery)
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop consuming; tasks already running finish first.
@@ -208,6 +240,9 @@ class Worker(Handler):
         """Run one task and settle it."""
         headers = delivery.properties.headers or {}
         attempt = int_header(headers, ATTEMPT_HEADER, 1) if headers else 1
+        if self._revoked and revocations.revoked(self.name, delivery.properties.message_id):
+            reason = CANCELLED_REASON
+            return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), None
         if headers or delivery.redelivered or self._broker_counts:
             redeliveries = await self._redeliveries(delivery, headers)
             if redeliveries is None:
@@ -233,8 +268,16 @@ class Worker(Handler):
             return await self._dead_letter(delivery, reason, attempt), None
         # What current_task() reports, built only if the function asks for it.
         token = _current.set((self.name, delivery, attempt, redeliveries))
+        runner = asyncio.current_task()
+        if runner is not None:
+            self._tasks[delivery] = runner
         try:
             await self._run(delivery, kwargs, self.time_limit)
+        except asyncio.CancelledError:
+            if not self._cancelled_here(delivery):
+                raise
+            reason = CANCELLED_REASON
+            return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), None
         except MessageProcessingError as exc:
             if exc.requeue:
                 settle(delivery, "nack", requeue=True, what=self._what(delivery))
@@ -252,6 +295,9 @@ class Worker(Handler):
             return await self._failed(delivery, exc, attempt, redeliveries), exc
         finally:
             _current.reset(token)
+            self._tasks.pop(delivery, None)
+            if delivery in self._cancelling:  # it ended before the cancel reached it
+                self._cancelled_here(delivery)
         settle(delivery, "ack", what=lambda: f"{self._what(delivery)} finished, but")
         return SUCCEEDED, None
 
