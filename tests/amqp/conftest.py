@@ -53,9 +53,5 @@ def private_node() -> Iterator[PrivateNode]:
 
     A test that changes the node (stops it, sets an alarm) puts it back before it ends.
     """
-    node = PrivateNode(_PRIVATE_NODE_INDEX)
-    try:
-        node.start()
+    with PrivateNode(_PRIVATE_NODE_INDEX).running() as node:
         yield node
-    finally:
-        node.destroy()

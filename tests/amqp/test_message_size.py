@@ -24,12 +24,8 @@ NODE_LIMIT = 1 * MIB
 
 @pytest.fixture(scope="module")
 def small_limit_node() -> Iterator[PrivateNode]:
-    node = PrivateNode(_NODE_INDEX, config=[f"max_message_size = {NODE_LIMIT}"])
-    try:
-        node.start()
+    with PrivateNode(_NODE_INDEX, config=[f"max_message_size = {NODE_LIMIT}"]).running() as node:
         yield node
-    finally:
-        node.destroy()
 
 
 async def test_the_limit_is_rabbitmqs_default_unless_the_url_or_a_keyword_says(

@@ -20,7 +20,7 @@ import pytest
 
 from leveret.patterns import Master
 from tests.faults.support import robust
-from tests.support.brokers import PrivateNode
+from tests.support.brokers import PrivateNode, consumer_timeout_node
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.faults
@@ -34,16 +34,8 @@ QUEUE = "fault-consumer-timeout"
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[PrivateNode]:
-    node = PrivateNode(
-        _NODE_INDEX,
-        config=[f"consumer_timeout = {CONSUMER_TIMEOUT_MS}"],
-        advanced="{rabbit, [{channel_tick_interval, 200}]}",
-    )
-    try:
-        node.start()
+    with consumer_timeout_node(_NODE_INDEX, CONSUMER_TIMEOUT_MS).running() as node:
         yield node
-    finally:
-        node.destroy()
 
 
 @pytest.mark.parametrize("kind", ["async", "plain"])

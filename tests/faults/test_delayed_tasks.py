@@ -18,7 +18,7 @@ import pytest
 
 from leveret.patterns import Master, delay_queues
 from tests.faults.support import Ledger, broker_counts, robust
-from tests.support.brokers import PrivateNode
+from tests.support.brokers import PrivateNode, consumer_timeout_node
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.faults
@@ -30,16 +30,8 @@ CONSUMER_TIMEOUT_MS = 2000
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[PrivateNode]:
-    node = PrivateNode(
-        _NODE_INDEX,
-        config=[f"consumer_timeout = {CONSUMER_TIMEOUT_MS}"],
-        advanced="{rabbit, [{channel_tick_interval, 200}]}",
-    )
-    try:
-        node.start()
+    with consumer_timeout_node(_NODE_INDEX, CONSUMER_TIMEOUT_MS).running() as node:
         yield node
-    finally:
-        node.destroy()
 
 
 def arrival_task(ledger: Ledger, due: dict[int, float], early: list[int]) -> Any:

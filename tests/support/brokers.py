@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 NODES_ROOT = Path("/tmp/leveret-nodes")
@@ -131,6 +131,28 @@ class PrivateNode:
         """Stop the node and delete its folder."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[PrivateNode]:
+        """Started for the ``with`` block, destroyed after it (whatever happened)."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.destroy()
+
+
+def consumer_timeout_node(index: int, timeout_ms: int) -> PrivateNode:
+    """A node that closes the channel of a delivery left unacked for ``timeout_ms``.
+
+    RabbitMQ 3.10 checks ``consumer_timeout`` on its channel tick, every few seconds
+    by default: the tick is set to 200 ms so that the timeout fires when due.
+    """
+    return PrivateNode(
+        index,
+        config=[f"consumer_timeout = {timeout_ms}"],
+        advanced="{rabbit, [{channel_tick_interval, 200}]}",
+    )
 
 
 def remove_nodes_root_if_empty() -> None:
