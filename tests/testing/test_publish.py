@@ -10,6 +10,7 @@ from leveret.exceptions import (
     ChannelClosedError,
     ConfigurationError,
     MessageReturnedError,
+    MessageTooLargeError,
     PreconditionFailedError,
     PublishNotConfirmedError,
 )
@@ -161,3 +162,15 @@ async def test_a_user_id_other_than_the_connections_is_refused(
     await channel.publish(b"x", routing_key="q", user_id="guest")
     with pytest.raises(PublishNotConfirmedError, match="user_id property set to 'bob'"):
         await channel.publish(b"x", routing_key="q", user_id="bob")
+
+
+async def test_a_body_over_rabbitmqs_max_message_size_is_refused_and_nothing_is_queued(
+    leveret_channel: MemoryChannel,
+) -> None:
+    await leveret_channel.queue_declare("big")
+    body = bytes(128 * 1024 * 1024 + 1)
+    with pytest.raises(MessageTooLargeError, match="134217729"):
+        await leveret_channel.publish(body, routing_key="big")
+    assert (await leveret_channel.queue_declare("big", passive=True)).message_count == 0
+    await leveret_channel.publish(body[:-1], routing_key="big")  # at the limit: taken
+    assert (await leveret_channel.queue_declare("big", passive=True)).message_count == 1

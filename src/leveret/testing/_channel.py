@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from ..amqp import (
+    ConnectionParameters,
     Declarations,
     Properties,
     PropertyValues,
@@ -29,7 +30,12 @@ from ..amqp import (
     resolve_confirm,
     transactions_refused,
 )
-from ..exceptions import ChannelClosedError, ConfigurationError, PublishError
+from ..exceptions import (
+    ChannelClosedError,
+    ConfigurationError,
+    MessageTooLargeError,
+    PublishError,
+)
 from ._channel_core import ChannelCore, log
 from ._errors import Refusal
 from ._exchanges import REPLY_TO
@@ -43,6 +49,9 @@ if TYPE_CHECKING:
 _AUTHENTICATED_USER = "guest"
 # The arguments of declaring methods that travel as AMQP short strings (255 bytes).
 _SHORT_STRINGS = ("queue", "exchange", "type", "routing_key", "destination", "source")
+
+#: The largest body RabbitMQ takes by default (its ``max_message_size``).
+_MAX_MESSAGE_SIZE = ConnectionParameters.max_message_size
 
 
 class MemoryChannel(ChannelCore, Declarations):
@@ -188,6 +197,8 @@ class MemoryChannel(ChannelCore, Declarations):
             if not isinstance(body, bytearray | memoryview):
                 raise ConfigurationError(f"message body must be bytes, not {type(body).__name__}")
             body = bytes(body)
+        if len(body) > _MAX_MESSAGE_SIZE:  # RabbitMQ's default limit, as a Channel checks it
+            raise MessageTooLargeError(len(body), _MAX_MESSAGE_SIZE)
         keywords = Properties(**values)  # an unknown keyword raises TypeError, as on Channel
         if properties is None:
             properties = keywords
