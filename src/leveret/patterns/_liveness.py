@@ -74,8 +74,10 @@ class CalleeWatch:
     async def _watch(self) -> None:
         try:
             while self._pending:
-                await self._look()
+                # First a pause: an unroutable call comes back at once and is gone by
+                # then, so no look is spent on a queue that does not exist.
                 await asyncio.sleep(PERIOD)
+                await self._look()
         except Exception:  # a bug here must not leave calls hanging silently
             log.exception("leveret: looking for the callees of pending calls failed")
         finally:
@@ -83,8 +85,10 @@ class CalleeWatch:
 
     async def _look(self) -> None:
         queues: dict[str, str] = {}
+        settled = time.monotonic() - PERIOD / 2  # calls older than this were routed
         for call in self._pending.values():
-            queues[call.queue] = call.method
+            if call.sent < settled:
+                queues[call.queue] = call.method
         for queue in list(self._empty_since):
             if queue not in queues:
                 del self._empty_since[queue]
@@ -107,7 +111,7 @@ class CalleeWatch:
         """How many consume ``queue``; -1 if it does not exist; None if unknown now."""
         try:
             if self._side is None or self._side.is_closed:
-                self._side = await self._channel.connection.channel()
+                self._side = await self._channel.connection.channel(publisher_confirms=False)
             return (await self._side.queue_declare(queue, passive=True)).consumer_count
         except NotFoundError:
             self._side = None  # the broker closed it over the 404

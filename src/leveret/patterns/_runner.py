@@ -114,6 +114,7 @@ class Runner:
         """The channel is gone for good: cancel every runner (nothing can be settled)."""
         self._closing = True
         self._queue.clear()
+        self._idle.clear()  # their runners are cancelled: nothing may wake them again
         for task in self._runners:
             task.cancel()
 
@@ -127,8 +128,10 @@ class Runner:
         while self._queue:
             settle(self._queue.popleft(), "nack", requeue=True)
         while self._idle:
-            self._ready += 1
-            self._idle.popleft().set_result(None)
+            waiter = self._idle.popleft()
+            if not waiter.done():  # a runner cancelled while idle left its waiter behind
+                self._ready += 1
+                waiter.set_result(None)
         runners = [task for task in self._runners if task is not asyncio.current_task()]
         if not runners:
             return
