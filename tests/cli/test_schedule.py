@@ -13,7 +13,7 @@ import pytest
 
 from leveret import connect
 from leveret.amqp import Delivery
-from leveret.patterns import scheduler_queue
+from leveret.patterns import dead_letter_queue, revoked_queue, scheduler_queue
 from tests.cli.conftest import Reaper, base_env, leveret, spawn
 from tests.conftest import AMQP_URL
 from tests.support.waiting import wait_until
@@ -54,7 +54,14 @@ async def scheduled(tmp_path: Path) -> AsyncIterator[tuple[dict[str, str], list[
         await channel.consume(f"{prefix}.ticks", record)
         yield env, ids
         cleanup = await conn.channel()
-        for queue in (f"{prefix}.ticks", scheduler_queue(prefix)):
+        nightly = f"{prefix}.nightly"  # the app's other task: its worker's queues
+        for queue in (
+            f"{prefix}.ticks",
+            scheduler_queue(prefix),
+            nightly,
+            dead_letter_queue(nightly),
+            revoked_queue(nightly),
+        ):
             await cleanup.queue_delete(queue)
 
 
