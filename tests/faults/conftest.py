@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from leveret.patterns import dead_letter_queue, delay_queues, parked_queue
+from leveret.patterns import dead_letter_queue, delay_queues, parked_queue, revoked_queue
 from tests.conftest import AMQP_URL
 from tests.faults.support import delete_queues
 from tests.support.proxy import TCPProxy
@@ -82,11 +82,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def task_queues(name: str) -> list[str]:
-    """A task queue and the dead-letter and delay queues a worker may declare for it."""
+    """A task queue and the dead-letter, delay and revocation queues a worker may
+    declare for it."""
     return [
         name,
         dead_letter_queue(name),
         parked_queue(name),
+        revoked_queue(name),
         *delay_queues(name),
     ]
 

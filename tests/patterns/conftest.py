@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from leveret.amqp import Channel, Delivery, connect
-from leveret.patterns import dead_letter_queue, delay_queues, parked_queue
+from leveret.patterns import dead_letter_queue, delay_queues, parked_queue, revoked_queue
 from leveret.testing import MemoryBroker
 from tests.conftest import AMQP_URL
 from tests.support.waiting import wait_until
@@ -91,6 +91,7 @@ async def cleanup(broker_kind: str) -> AsyncIterator[Cleanup]:
                 name,
                 dead_letter_queue(name),
                 parked_queue(name),
+                revoked_queue(name),
                 *delay_queues(name),
             ):
                 await channel.queue_delete(queue)
