@@ -81,7 +81,11 @@ async def test_a_broker_restart_mid_delay_loses_no_confirmed_delayed_task(
             due[task_id] = time.monotonic() + 0.5
             await publisher.create_task(queue, {"task_id": task_id}, delay=0.5)
             ledger.confirmed.add(task_id)
-        await wait_until(ledger.all_confirmed_processed, 60, "every confirmed delayed task")
+        try:
+            await wait_until(ledger.all_confirmed_processed, 60, "every confirmed delayed task")
+        except AssertionError as exc:  # say which: late or lost can then be told apart
+            missing = sorted(ledger.lost)
+            raise AssertionError(f"{exc}: {len(missing)} not run: {missing[:50]}") from None
         figures.update(ledger.figures(), waiting_at_restart=waiting, early=len(early))
         assert not ledger.lost
         assert early == []
