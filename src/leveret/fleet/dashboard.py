@@ -170,14 +170,11 @@ class Board:
         for worker_id in [w for w, info in self.workers.items() if info.dropped(now)]:
             del self.workers[worker_id]
         workers = sorted(self.workers.values(), key=lambda info: (info.app, info.id))
-        attempts: dict[str, int] = {}
-        for info in workers:
-            for task in info.tasks:
-                attempts[task] = max(attempts.get(task, 1), info.attempts.get(task, 1))
+        tasks = sorted({task for info in workers for task in info.tasks})
         found = await inspect(await self.channel(), self.app, timeout=1.0, workers=workers)
         managed = await self.management.queues() if self.management is not None else None
         queues, dead = [], []
-        for task in sorted(attempts):
+        for task in tasks:
             depth = await self._depth(task)
             done = sum(info.done.get(task, 0) for info in workers)
             # Delayed copies (delayed tasks and retries) wait in the task's ladder
