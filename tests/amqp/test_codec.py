@@ -11,7 +11,12 @@ from pamqp import commands, frame
 
 from leveret.amqp import Properties
 from leveret.amqp._codec import decode_method, decode_table, encode_method_frame, encode_table
-from leveret.amqp._frames import decode_content_header, encode_properties, message_frames
+from leveret.amqp._frames import (
+    decode_content_header,
+    encode_properties,
+    id_properties,
+    message_frames,
+)
 from leveret.exceptions import ConfigurationError, ProtocolError
 
 
@@ -142,6 +147,37 @@ def test_properties_match_pamqp_encoding() -> None:
         headers={"a": "b", "c": [True]},
     ).marshal()
     assert ours == theirs
+
+
+@given(
+    content_type=st.sampled_from([None, "application/json", "text/plain"]),
+    delivery_mode=st.sampled_from([None, 1, 2]),
+    message_id=st.one_of(st.none(), st.text(max_size=20)),
+    correlation_id=st.one_of(st.none(), st.text(max_size=20)),
+    reply_to=st.sampled_from([None, "amq.rabbitmq.reply-to", "replies"]),
+    type=st.sampled_from([None, "call", "result", "error"]),
+)
+def test_cached_id_properties_are_the_same_bytes_as_encoded_in_full(
+    content_type: str | None,
+    delivery_mode: int | None,
+    message_id: str | None,
+    correlation_id: str | None,
+    reply_to: str | None,
+    type: str | None,
+) -> None:
+    full = encode_properties(
+        content_type,
+        delivery_mode=delivery_mode,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        message_id=message_id,
+        type=type,
+    )
+    for _ in range(2):  # the first builds the template, the second uses it
+        assert (
+            id_properties(content_type, delivery_mode, message_id, correlation_id, reply_to, type)
+            == full
+        )
 
 
 def test_too_long_short_strings_name_the_property() -> None:

@@ -365,19 +365,18 @@ class Channel(Declarations, Consuming, Transactions, AsyncClosing):
             raise MessageTooLargeError(len(body), connection.max_message_size)
         if properties is not None:
             props = properties.encode()
-        elif (  # a task's properties: the constant part is cached
+        elif (  # a task's, a call's, a reply's properties: all but the ids cached
             headers is None
             and content_encoding is None
             and priority is None
-            and correlation_id is None
-            and reply_to is None
             and expiration is None
             and timestamp is None
-            and type is None
             and user_id is None
             and app_id is None
         ):
-            props = id_properties(content_type, delivery_mode, message_id)
+            props = id_properties(
+                content_type, delivery_mode, message_id, correlation_id, reply_to, type
+            )
         else:
             props = encode_properties(
                 content_type,

@@ -333,33 +333,60 @@ def _decode_rare_properties(props: Properties, flags: int, buf: bytes, offset: i
             offset = end
 
 
-#: The flags and values before the message id of :func:`id_properties`' blocks, by
-#: (content type, delivery mode, whether there is a message id).
-_ID_PREFIXES: dict[tuple[str | None, int | None, bool], bytes] = {}
+#: The parts of :func:`id_properties`' blocks around their ids: (prefix with the flags,
+#: between the correlation id and the message id, after the message id), by the
+#: properties that stay the same and which ids there are.
+_ID_TEMPLATES: dict[tuple[Any, ...], tuple[bytes, bytes, bytes]] = {}
 
 
 def id_properties(
-    content_type: str | None, delivery_mode: int | None, message_id: str | None
+    content_type: str | None,
+    delivery_mode: int | None,
+    message_id: str | None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    type: str | None = None,
 ) -> bytes:
-    """``encode_properties(content_type, delivery_mode=..., message_id=...)`` (what a
-    task carries), with the part before the message id encoded once per content type
-    and delivery mode.
+    """``encode_properties`` of these (what a task, a call and a reply carry), with
+    everything but the two ids encoded once per combination: a block costs the
+    copies of its ids.
 
     Raises:
         ConfigurationError: as :func:`encode_properties`.
     """
-    key = (content_type, delivery_mode, message_id is not None)
-    prefix = _ID_PREFIXES.get(key)
-    if prefix is None:
-        prefix = encode_properties(content_type, None, None, delivery_mode)
-        if message_id is not None:
-            prefix = _u16.pack(_u16.unpack_from(prefix)[0] | _MESSAGE_ID) + prefix[2:]
-        if len(_ID_PREFIXES) >= 64:  # content types are few; never let them grow unbounded
-            _ID_PREFIXES.clear()
-        _ID_PREFIXES[key] = prefix
-    if message_id is None:
-        return prefix
-    return prefix + encode_shortstr(message_id, "message_id")
+    key = (content_type, delivery_mode, reply_to, type, correlation_id is None, message_id is None)
+    template = _ID_TEMPLATES.get(key)
+    if template is None:
+        template = _id_template(content_type, delivery_mode, reply_to, type, key)
+    prefix, middle, suffix = template
+    if correlation_id is not None:
+        prefix += encode_shortstr(correlation_id, "correlation_id")
+    if message_id is not None:
+        return prefix + middle + encode_shortstr(message_id, "message_id") + suffix
+    return prefix + middle + suffix
+
+
+def _id_template(
+    content_type: str | None,
+    delivery_mode: int | None,
+    reply_to: str | None,
+    type: str | None,
+    key: tuple[Any, ...],
+) -> tuple[bytes, bytes, bytes]:
+    head = encode_properties(content_type, delivery_mode=delivery_mode)
+    middle = encode_properties(reply_to=reply_to)
+    tail = encode_properties(type=type)
+    (flags,) = _u16.unpack_from(head)
+    flags |= _u16.unpack_from(middle)[0] | _u16.unpack_from(tail)[0]
+    if not key[4]:
+        flags |= _CORRELATION_ID
+    if not key[5]:
+        flags |= _MESSAGE_ID
+    template = (_u16.pack(flags) + head[2:], middle[2:], tail[2:])
+    if len(_ID_TEMPLATES) >= 256:  # content types and reply queues are few: stay bounded
+        _ID_TEMPLATES.clear()
+    _ID_TEMPLATES[key] = template
+    return template
 
 
 #: The properties encoded before the message id (the rest come after it).
