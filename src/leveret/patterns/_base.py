@@ -191,21 +191,25 @@ class Base:
                 does not decode; the message says which.
         """
         content_type = delivery.properties.content_type
-        media = media_type(content_type)
+        loads = self._loads
+        if content_type != self.CONTENT_TYPE:  # the common case needs no parsing
+            media = media_type(content_type)
+            if media != self.CONTENT_TYPE and (
+                content_type is not None or self.CONTENT_TYPE == PICKLE
+            ):
+                serializer = self._accept.get(media or "")
+                if serializer is None:
+                    accepted = ", ".join(self.accepted_content_types)
+                    raise SerializationError(
+                        f"content type {content_type!r} is not accepted (accepts {accepted})"
+                    )
+                loads = serializer.loads
         try:
-            if media == self.CONTENT_TYPE or (content_type is None and self.CONTENT_TYPE != PICKLE):
-                return self._loads(delivery.body)
-            serializer = self._accept.get(media or "")
-            if serializer is not None:
-                return serializer.loads(delivery.body)
+            return loads(delivery.body)
         except Exception as exc:
             raise SerializationError(
                 f"body does not decode as {content_type or self.CONTENT_TYPE}: {exc}"
             ) from None
-        accepted = ", ".join(self.accepted_content_types)
-        raise SerializationError(
-            f"content type {content_type!r} is not accepted (accepts {accepted})"
-        )
 
 
 class CompressedJson(Base):
