@@ -81,9 +81,10 @@ class Callee(Handler):
         """Run one call, reply, settle."""
         props = delivery.properties
         headers = props.headers or {}
-        deadline = headers.get(DEADLINE_HEADER)
+        deadline = headers.get(DEADLINE_HEADER) if headers else None
         if (
-            isinstance(deadline, int | float)
+            deadline is not None
+            and isinstance(deadline, int | float)
             and not isinstance(deadline, bool)  # True is an int to Python, not a deadline
             and time.time() > deadline
         ):
@@ -103,9 +104,12 @@ class Callee(Handler):
             )
             settle(delivery, "reject", what=self._what(delivery))
             return REJECTED, None
-        redeliveries = await self._redeliveries(delivery, headers)
-        if redeliveries is None:
-            return REQUEUED, None
+        if headers or delivery.redelivered or self._broker_counts:
+            redeliveries = await self._redeliveries(delivery, headers)
+            if redeliveries is None:
+                return REQUEUED, None
+        else:  # a first delivery that carries no count: no detour
+            redeliveries = 0
         kind = "result"
         error: BaseException | None = None
         name = self.name
@@ -163,5 +167,5 @@ class Callee(Handler):
             )
             settle(delivery, "reject", what=self._what(delivery))
             return REJECTED, exc
-        settle(delivery, "ack", what=self._what(delivery))
+        settle(delivery, "ack", what=lambda: self._what(delivery))
         return (FAILED, error) if error is not None else (SUCCEEDED, None)
