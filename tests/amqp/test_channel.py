@@ -1,6 +1,8 @@
 """Declares, publishing with confirms, returns, nacks and broker-side channel errors."""
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -15,6 +17,7 @@ from leveret.exceptions import (
     PublishNackedError,
     ResourceLockedError,
 )
+from tests.conftest import AMQP_URL
 from tests.support.waiting import wait_until
 
 
@@ -214,6 +217,37 @@ async def test_channel_without_confirms_publishes_without_waiting(
         return (await confirmed.queue_declare(queue, passive=True)).message_count == 101
 
     await wait_until(all_there, 5, "the 100 unconfirmed messages and the confirmed one")
+
+
+def _message_count_seen_elsewhere(queue: str, want: int, within: float) -> int:
+    """The queue's message count as another connection sees it, polled (up to ``within``
+    seconds, until ``want``) from another thread while the caller's event loop is held."""
+
+    async def poll() -> int:
+        async with await connect(AMQP_URL, name="test other thread") as other:
+            channel = await other.channel()
+            deadline = time.monotonic() + within
+            while True:
+                count = (await channel.queue_declare(queue, passive=True)).message_count
+                if count >= want or time.monotonic() > deadline:
+                    return count
+                await asyncio.sleep(0.02)
+
+    counts: list[int] = []
+    thread = threading.Thread(target=lambda: counts.append(asyncio.run(poll())))
+    thread.start()
+    thread.join()
+    return counts[0]
+
+
+async def test_flush_sends_what_was_written_without_waiting_for_the_loop_turn(
+    connection: Connection, queue: str
+) -> None:
+    channel = await connection.channel(publisher_confirms=False)
+    await channel.publish(b"now", routing_key=queue)
+    channel.flush()
+    # From here this event loop runs nothing more: only flush() can have sent it.
+    assert _message_count_seen_elsewhere(queue, want=1, within=3.0) == 1
 
 
 async def test_closing_a_channel_leaves_the_connection_usable(connection: Connection) -> None:

@@ -417,6 +417,18 @@ class Channel(Declarations, Consuming, Transactions, AsyncClosing):
                 raise
             raise refused from exc.__cause__
 
+    def flush(self) -> None:
+        """Hand what this channel's connection has written so far (publishes, acks)
+        to the socket now, not at the end of this loop turn.
+
+        For a caller whose next step is to wait for an answer: what it wrote leaves
+        a loop turn sooner. Writes made after it in the same turn go out in a send
+        of their own, so a caller with many messages in flight should not.
+        """
+        protocol = self._connection._protocol
+        if protocol is not None:
+            protocol.flush()  # pending acks first: they are written just before it
+
     def _publish_method(self, key: Destination) -> bytes:
         """The ``basic.publish`` frame for ``(exchange, routing_key, mandatory)``, cached."""
         method = publish_method_frame(self.number, *key)

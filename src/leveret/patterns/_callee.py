@@ -168,4 +168,6 @@ class Callee(Handler):
             settle(delivery, "reject", what=self._what(delivery))
             return REJECTED, exc
         settle(delivery, "ack", what=lambda: self._what(delivery))
+        if self.in_flight == 1:  # the only call here: its caller waits for nothing else
+            self.channel.flush()
         return (FAILED, error) if error is not None else (SUCCEEDED, None)

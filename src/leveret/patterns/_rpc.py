@@ -360,9 +360,13 @@ class RPC(Base, AsyncClosing):
         try:
             if deadline is None:
                 await send
+                if len(self._pending) == 1:  # the only call in flight: no write to wait for
+                    self.channel.flush()
                 return await future
             async with deadline:
                 await send
+                if len(self._pending) == 1:
+                    self.channel.flush()
                 return await future
         except TimeoutError:
             if deadline is not None and deadline.expired():

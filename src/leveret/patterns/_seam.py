@@ -80,6 +80,9 @@ class PatternChannel(Protocol):
         confirm: bool = True,
     ) -> None: ...
 
+    def flush(self) -> None:
+        """Send what was written so far now, not at the end of the loop turn."""
+
     async def publish_many(
         self,
         bodies: Sequence[bytes],

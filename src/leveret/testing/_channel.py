@@ -231,6 +231,9 @@ class MemoryChannel(ChannelCore, Declarations):
         finally:
             self._unconfirmed.discard(future)
 
+    def flush(self) -> None:
+        """Nothing to do: an in-memory publish is routed when it is made."""
+
     async def publish_many(
         self,
         bodies: Sequence[bytes],
