@@ -6,7 +6,10 @@ yet, so only enqueueing is timed: from the first publish to the last confirm. Mo
 
 - ``create_task``: ``--lanes`` coroutines (128), each awaiting its own ``create_task``;
 - ``create_tasks``: ``create_tasks`` over the same tasks, ``--batch`` (default: all N)
-  tasks per call, one call after another.
+  tasks per call, one call after another;
+- ``amqplib``: the broker's ceiling for the same messages, ``bench/node/publish_ceiling.js``
+  (amqplib on Node.js, everything in flight on one confirming channel); left out when
+  Node is missing or with ``--no-node``.
 
 Each mode runs on a non-durable and a durable queue, ``--rounds`` times, alternating;
 the table shows medians: tasks/s, this process's CPU µs per task, the broker's, and
@@ -31,12 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._clients import DEFAULT_URL
 from bench._measure import Phase, locate_broker, phase_numbers, run_lanes
+from bench._node import node_ready, run_node
 from bench._report import Column, print_rows
 from bench._results import finish, fmt, machine_info, median_at, ratio, utc_now
 from leveret import connect
 from leveret.patterns import Master
 
 MODES = ("create_task", "create_tasks")
+REFERENCE = "amqplib"
 
 
 async def one_run(url: str, mode: str, durable: bool, args: argparse.Namespace) -> dict[str, Any]:
@@ -60,6 +65,18 @@ async def one_run(url: str, mode: str, durable: bool, args: argparse.Namespace) 
     return phase_numbers(n, phase) | {"queued": queued}
 
 
+def reference_run(url: str, durable: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """The same N messages published by amqplib (CPU: the Node process's, start-up too)."""
+    queue = f"bulk-bench.{REFERENCE}.{'durable' if durable else 'transient'}.{os.getpid()}"
+    kind = "durable" if durable else "transient"
+    timeout = max(300, args.tasks / 100)
+    run_node("publish_ceiling.js", url, queue, min(args.tasks, 2000), kind, timeout=timeout)
+    phase = Phase()
+    measured, cpu = run_node("publish_ceiling.js", url, queue, args.tasks, kind, timeout=timeout)
+    phase.stop(phase.start + measured["seconds"])
+    return phase_numbers(args.tasks, phase, client_cpu_seconds=cpu) | {"queued": measured["queued"]}
+
+
 async def send(master: Master, mode: str, queue: str, n: int, args: argparse.Namespace) -> None:
     if mode == "create_task":
         await run_lanes(n, args.lanes, lambda i: master.create_task(queue, {"task_id": i}))
@@ -73,12 +90,19 @@ async def send(master: Master, mode: str, queue: str, n: int, args: argparse.Nam
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     broker_pid = locate_broker(args.url)
+    missing = "--no-node" if args.no_node else node_ready()
+    if missing:
+        print(f"amqplib reference left out: {missing}", flush=True)
+    modes = MODES if missing else (*MODES, REFERENCE)
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_no in range(1, args.rounds + 1):
         for durable in (False, True):
-            for mode in MODES:
+            for mode in modes:
                 key = f"{mode}/{'durable' if durable else 'non-durable'}"
-                result = await one_run(args.url, mode, durable, args)
+                if mode == REFERENCE:
+                    result = await asyncio.to_thread(reference_run, args.url, durable, args)
+                else:
+                    result = await one_run(args.url, mode, durable, args)
                 runs.setdefault(key, []).append(result)
                 print(
                     f"[{key}] round {round_no} ... {fmt(result['msgs_per_s'])}/s, "
@@ -94,6 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "lanes": args.lanes,
         "batch": args.batch or args.tasks,
         "rounds": args.rounds,
+        "reference_left_out": missing,
         "runs": runs,
     }
 
@@ -115,14 +140,16 @@ def print_table(report: dict[str, Any]) -> None:
     rows = []
     for queue in ("non-durable", "durable"):
         single = median_at(report["runs"][f"create_task/{queue}"], "msgs_per_s")
-        for mode in MODES:
-            entries = report["runs"][f"{mode}/{queue}"]
+        for mode in (*MODES, REFERENCE):
+            entries = report["runs"].get(f"{mode}/{queue}")
+            if not entries:
+                continue
             rate = median_at(entries, "msgs_per_s")
-            shown = (
-                f"create_task, {report['lanes']} in flight"
-                if mode == "create_task"
-                else f"create_tasks, {report['batch']} per call"
-            )
+            shown = {
+                "create_task": f"create_task, {report['lanes']} in flight",
+                "create_tasks": f"create_tasks, {report['batch']} per call",
+                REFERENCE: "amqplib (Node), all in flight",
+            }[mode]
             rows.append(
                 [
                     queue,
@@ -143,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lanes", type=int, default=128, help="create_task calls in flight")
     parser.add_argument("--batch", type=int, default=0, help="tasks per create_tasks (0: all)")
     parser.add_argument("--rounds", type=int, default=3, help="repeat each run (median shown)")
+    parser.add_argument("--no-node", action="store_true", help="leave the amqplib row out")
     parser.add_argument("--url", default=os.environ.get("AMQP_URL", DEFAULT_URL))
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
     args = parser.parse_args(argv)
