@@ -260,6 +260,24 @@ async def test_closing_a_channel_leaves_the_connection_usable(connection: Connec
     await other.queue_declare("", exclusive=True)
 
 
+async def test_closing_a_channel_as_the_broker_closes_it_over_an_error_keeps_the_connection(
+    connection: Connection, queue: str, unique: str
+) -> None:
+    # The broker's channel.close (404) and ours cross; the broker still answers ours
+    # with a close-ok, which must not land on a freed (or reused) channel number.
+    for _ in range(3):
+        channel = await connection.channel()
+        declare = asyncio.ensure_future(channel.queue_declare(f"{unique}-missing", passive=True))
+        await asyncio.sleep(0)  # the declare is written first
+        await channel.close()
+        with pytest.raises(NotFoundError):
+            await declare
+    other = await connection.channel()  # the number is free again and the connection works
+    await other.publish(b"after", routing_key=queue)
+    assert not connection.is_closed
+    assert (await other.queue_declare(queue, passive=True)).message_count == 1
+
+
 async def test_a_return_fails_the_publish_it_belongs_to_among_identical_bodies(
     channel: Channel, queue: str, unique: str
 ) -> None:

@@ -206,23 +206,27 @@ class Channel(Declarations, Consuming, Transactions, AsyncClosing):
         """Closed for good: nothing will reopen it."""
         self._connection._forget_channel(self)
 
-    def _finish(self, reason: BaseException, *, notify_consumers: bool = True) -> None:
+    def _finish(
+        self, reason: BaseException, *, notify_consumers: bool = True, unregister: bool = True
+    ) -> None:
         """End this incarnation: fail everything waiting on it and mark it closed.
 
         ``notify_consumers=False`` keeps the consumers' owners in the dark (the
         consumers are kept, to be restarted when the channel reopens).
+        ``unregister=False`` keeps taking its frames (see :meth:`_crossed_close`).
         """
+        if unregister:
+            self._connection._unregister_channel(self, self._frames)
+        waiters, self._waiters = self._waiters, deque()
+        for _, future in waiters:  # closed already: the close-ok of a crossed close
+            if not future.done():
+                future.set_exception(reason)
         if self._state is _CLOSED:
             return
         self._state = _CLOSED
         self._open_sent = False
         self._acks.open = False
         self._close_reason = reason
-        self._connection._unregister_channel(self, self._frames)
-        waiters, self._waiters = self._waiters, deque()
-        for _, future in waiters:
-            if not future.done():
-                future.set_exception(reason)
         if self._get_waiter is not None and not self._get_waiter.done():
             self._get_waiter.set_exception(reason)
         self._confirms.fail_all(reason)
@@ -239,6 +243,20 @@ class Channel(Declarations, Consuming, Transactions, AsyncClosing):
     def _closed_by_broker(self, error: BaseException) -> None:
         """The broker closed the channel (``error`` is its reply code as an exception)."""
         self._finish(error)
+
+    def _crossed_close(self, error: BaseException) -> None:
+        """The broker closed the channel while our own ``channel.close`` was on its way.
+
+        Trap: the broker still answers ours with a ``channel.close-ok``. Until it
+        comes, the channel keeps taking its frames and its number (it stays listed
+        until :meth:`close` has that answer): freed at once, the answer would reach no
+        channel, or a new one on the same number, and either is a protocol error that
+        takes the whole connection down. The rest waiting on the channel fails now.
+        """
+        owner = [waiter for waiter in self._waiters if "channel.close-ok" in waiter[0]]
+        self._waiters = deque(w for w in self._waiters if "channel.close-ok" not in w[0])
+        self._finish(error, unregister=False)
+        self._waiters.extend(owner)
 
     async def _ensure_open(self) -> None:
         """Return when the channel is open.
@@ -585,7 +603,10 @@ class Channel(Declarations, Consuming, Transactions, AsyncClosing):
             )
             self._write(encode_method_frame(self.number, "channel.close-ok"))
             log.warning("channel %d closed by the broker: %s", self.number, error)
-            self._closed_by_broker(error)
+            if any("channel.close-ok" in replies for replies, _ in self._waiters):
+                self._crossed_close(error)
+            else:
+                self._closed_by_broker(error)
         elif name == "basic.cancel":
             consumer_tag = method.args["consumer_tag"]
             consumer = self._consumers.pop(consumer_tag, None)
