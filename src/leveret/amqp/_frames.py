@@ -315,14 +315,17 @@ def decode_properties(buf: bytes, offset: int) -> Properties:
     if flags & _TIMESTAMP:
         (props.timestamp,) = _u64.unpack_from(buf, offset)
         offset += 8
-    if flags & 0x003C:
+    if flags & _TYPE:  # every RPC call and reply has one
+        end = offset + 1 + buf[offset]
+        props.type = buf[offset + 1 : end].decode("utf-8", "replace")
+        offset = end
+    if flags & 0x001C:
         _decode_rare_properties(props, flags, buf, offset)
     return props
 
 
 def _decode_rare_properties(props: Properties, flags: int, buf: bytes, offset: int) -> None:
     for flag, name in (
-        (_TYPE, "type"),
         (_USER_ID, "user_id"),
         (_APP_ID, "app_id"),
         (_CLUSTER_ID, "cluster_id"),
