@@ -1,6 +1,7 @@
 """RPC latency: leveret's patterns against amqplib (Node.js), side by side in one run.
 
-Each round runs, one after another on the local broker:
+Each round runs, one after another on the local broker, each leveret variant right after
+its own run of the reference:
 
 - **amqplib**: ``bench/node/rpc_latency.js``, a callee and a caller in one Node process
   on two connections, direct reply-to, no publisher confirms (amqplib's plain channel);
@@ -11,7 +12,8 @@ Each round runs, one after another on the local broker:
 
 All do ``multiply(x, y)``: ``--warmup`` calls, ``--calls`` one at a time (each call's
 latency), then ``--calls`` with ``--in-flight`` at once (calls/s). The table shows the
-medians over ``--rounds`` and each p50 against amqplib's of the same run. Node and
+medians over ``--rounds``, and for each leveret variant the median of its p50 over the
+p50 of the amqplib run just before it (the machine's pace drifts over minutes). Node and
 amqplib are needed for the reference (``npm ci`` in ``bench/node`` is run when amqplib
 is missing; ``--no-node`` leaves it out). Results go to
 ``bench/results/rpc-latency-<timestamp>.json`` (and ``rpc-latency-latest.json``).
@@ -24,26 +26,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Final
 
 # python bench/rpc_latency_bench.py: import the bench package from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._clients import DEFAULT_URL
-from bench._measure import latency_summary, locate_broker
+from bench._clients import DEFAULT_URL, Admin, LeveretPatterns
+from bench._measure import clock, latency_summary, locate_broker, run_lanes
 from bench._node import node_ready, run_node
 from bench._report import Column, print_rows
 from bench._results import finish, fmt, machine_info, median, utc_now
-from bench._roles import Case
+from bench._roles import Case, multiply
 from bench.patterns_bench import run_case
 
 REFERENCE: Final = "amqplib (Node), no confirms"
-#: leveret's cases: (name, channel with publisher confirms, speed extra)
+#: leveret's cases: (name, channel with publisher confirms, speed extra); ``None``:
+#: callee and caller in one process, as the reference runs them
 LEVERET: Final = (
     ("leveret, no confirms, speed", False, True),
+    ("leveret, one process, no confirms, speed", None, True),
     ("leveret, no confirms", False, False),
     ("leveret, default channel, speed", True, True),
 )
@@ -66,9 +72,58 @@ def run_reference(url: str, args: argparse.Namespace, round_no: int) -> dict[str
     }
 
 
+async def one_process(url: str, queue: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The reference's shape in leveret (run in a child, ``--one-process``): a callee
+    and a caller in this process, each on its own connection, no confirms."""
+    callee = await LeveretPatterns.open(url, "rpc_latency_bench callee", False, True)
+    caller = await LeveretPatterns.open(url, "rpc_latency_bench caller", False, True)
+    try:
+        await callee.start_callee(queue, multiply, None)
+        call = await caller.rpc_caller()
+        latencies: list[int] = []
+        for i in range(args.warmup):
+            await call(queue, {"x": i, "y": 2})
+        for i in range(args.calls):
+            started = time.perf_counter_ns()
+            result = await call(queue, {"x": i, "y": 2})
+            latencies.append(time.perf_counter_ns() - started)
+            if result != i * 2:
+                raise RuntimeError(f"call {i} returned {result!r}")
+        started_s = clock()
+        await run_lanes(args.calls, args.in_flight, lambda i: call(queue, {"x": i, "y": 2}))
+        seconds = clock() - started_s
+    finally:
+        await caller.close()
+        await callee.close()
+    return {
+        "latency_ms": latency_summary(latencies),
+        "in_flight_per_s": round(args.calls / seconds),
+    }
+
+
+async def run_one_process(url: str, args: argparse.Namespace, round_no: int) -> dict[str, Any]:
+    queue = f"rpc-latency-bench.leveret-one-process.{os.getpid()}.{round_no}"
+    command = [sys.executable, __file__, "--one-process", queue, "--url", url]
+    command += ["--calls", str(args.calls), "--in-flight", str(args.in_flight)]
+    command += ["--warmup", str(args.warmup)]
+    admin = await Admin.open(url, "rpc_latency_bench admin")
+    try:
+        child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+        output, _ = await asyncio.wait_for(child.communicate(), max(300, args.calls / 50))
+        if child.returncode:
+            raise RuntimeError(f"the one-process leveret run failed ({child.returncode})")
+    finally:
+        await admin.delete([queue])
+        await admin.close()
+    result: dict[str, Any] = json.loads(output.decode().strip().splitlines()[-1])
+    return result
+
+
 async def run_leveret(
-    url: str, args: argparse.Namespace, confirms: bool, speed: bool, round_no: int
+    url: str, args: argparse.Namespace, confirms: bool | None, speed: bool, round_no: int
 ) -> dict[str, Any]:
+    if confirms is None:
+        return await run_one_process(url, args, round_no)
     variant = f"{'confirms' if confirms else 'no-confirms'}{', speed' if speed else ''}"
     results = []
     for scenario, lanes in (("rpc-sequential", 1), ("rpc-in-flight", args.in_flight)):
@@ -97,17 +152,24 @@ async def run_leveret(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     locate_broker(args.url)  # so the leveret runs count the broker's CPU
-    missing = None if args.no_node else node_ready()
+    missing = "--no-node" if args.no_node else node_ready()
     if missing:
         print(f"amqplib reference left out: {missing}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_no in range(1, args.rounds + 1):
-        if not args.no_node and missing is None:
-            result = await asyncio.to_thread(run_reference, args.url, args, round_no)
-            runs.setdefault(REFERENCE, []).append(result)
-            show(REFERENCE, round_no, result)
         for name, confirms, speed in LEVERET:
+            # amqplib right before each leveret run: the machine's pace drifts over
+            # minutes, so each p50 is compared with the reference's of the moment.
+            reference = None
+            if missing is None:
+                reference = await asyncio.to_thread(run_reference, args.url, args, round_no)
+                runs.setdefault(REFERENCE, []).append(reference)
+                show(REFERENCE, round_no, reference)
             result = await run_leveret(args.url, args, confirms, speed, round_no)
+            if reference is not None:
+                result["vs_amqplib"] = round(
+                    result["latency_ms"]["p50"] / reference["latency_ms"]["p50"], 3
+                )
             runs.setdefault(name, []).append(result)
             show(name, round_no, result)
     return {
@@ -117,7 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "in_flight": args.in_flight,
         "warmup": args.warmup,
         "rounds": args.rounds,
-        "reference_left_out": missing if not args.no_node else "--no-node",
+        "reference_left_out": missing,
         "runs": runs,
     }
 
@@ -135,13 +197,12 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         f"\ncalls={report['calls']}  in flight={report['in_flight']}  "
         f"warmup={report['warmup']}  rounds={report['rounds']}  (medians; p50 and p99 of one "
-        "call at a time; cpu = µs per sequential call)"
+        "call at a time; vs amqplib: each p50 over amqplib's measured just before it; cpu = "
+        "µs per sequential call)"
     )
     runs = report["runs"]
-    reference = runs.get(REFERENCE)
-    node_p50 = median(r["latency_ms"]["p50"] for r in reference) if reference else None
     columns = [
-        Column("client", 33, "<"),
+        Column("client", 42, "<"),
         Column("p50 ms", 8),
         Column("p99 ms", 8),
         Column("vs amqplib", 11),
@@ -153,13 +214,13 @@ def print_table(report: dict[str, Any]) -> None:
     rows = []
     for name, entries in runs.items():
         p50 = median(r["latency_ms"]["p50"] for r in entries)
-        vs = f"{p50 / node_p50:.2f}x" if p50 is not None and node_p50 else "-"
+        vs = median(r.get("vs_amqplib") for r in entries)
         rows.append(
             [
                 name,
                 fmt(p50, 3),
                 fmt(median(r["latency_ms"]["p99"] for r in entries), 3),
-                vs,
+                "1.00x" if name == REFERENCE else f"{vs:.2f}x" if vs is not None else "-",
                 fmt(median(r["in_flight_per_s"] for r in entries)),
                 *(
                     fmt(median(r.get(f"{side}_cpu_us_per_call") for r in entries), 1)
@@ -181,6 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-node", action="store_true", help="leave the amqplib row out")
     parser.add_argument("--url", default=os.environ.get("AMQP_URL", DEFAULT_URL))
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--one-process", metavar="QUEUE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.rounds, args.calls, args.in_flight) < 1 or args.warmup < 0:
         parser.error("--rounds, --calls and --in-flight must be >= 1, --warmup >= 0")
@@ -189,6 +251,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.one_process:  # the child of run_one_process: on uvloop, as the speed extra runs
+        import uvloop
+
+        print(json.dumps(uvloop.run(one_process(args.url, args.one_process, args))))
+        return
     report = asyncio.run(run(args))
     finish("rpc-latency", report, save=not args.no_save, show=print_table)
 
