@@ -104,12 +104,11 @@ class Callee(Handler):
             )
             settle(delivery, "reject", what=self._what(delivery))
             return REJECTED, None
-        if headers or delivery.redelivered or self._broker_counts:
-            redeliveries = await self._redeliveries(delivery, headers)
-            if redeliveries is None:
-                return REQUEUED, None
-        else:  # a first delivery that carries no count: no detour
-            redeliveries = 0
+        redeliveries = (
+            0 if self._uncounted(delivery, headers) else await self._redeliveries(delivery, headers)
+        )
+        if redeliveries is None:
+            return REQUEUED, None
         kind = "result"
         error: BaseException | None = None
         name = self.name

@@ -280,6 +280,11 @@ class Handler:
         """Handle and settle one delivery; never raises but ``CancelledError``."""
         raise NotImplementedError
 
+    def _uncounted(self, delivery: Delivery, headers: Mapping[str, Any]) -> bool:
+        """A first delivery with no headers on a classic queue: no count to read or
+        keep, so :meth:`_redeliveries` (a coroutine, costly per delivery) is skipped."""
+        return not (headers or delivery.redelivered or self._broker_counts)
+
     async def _redeliveries(self, delivery: Delivery, headers: Mapping[str, Any]) -> int | None:
         """How often this delivery was redelivered so far; ``None`` if it was just
         moved to the back of its queue to count one more.

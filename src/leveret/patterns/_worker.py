@@ -243,12 +243,11 @@ class Worker(Handler):
         if self._revoked and revocations.revoked(self.name, delivery.properties.message_id):
             reason = CANCELLED_REASON
             return await self._dead_letter(delivery, reason, attempt, level=logging.INFO), None
-        if headers or delivery.redelivered or self._broker_counts:
-            redeliveries = await self._redeliveries(delivery, headers)
-            if redeliveries is None:
-                return REQUEUED, None
-        else:  # a first delivery that carries no count: no detour
-            redeliveries = 0
+        redeliveries = (
+            0 if self._uncounted(delivery, headers) else await self._redeliveries(delivery, headers)
+        )
+        if redeliveries is None:
+            return REQUEUED, None
         if redeliveries > self.retries.max_redeliveries:
             timeout = self._consumer_timeout
             reason = f"redelivered {redeliveries} times " + (
