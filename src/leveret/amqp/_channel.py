@@ -52,6 +52,7 @@ from ._frames import (
     message_frames,
     publish_method_frame,
 )
+from ._get import Getting
 from ._message import Delivery, ReturnedMessage
 from ._states import ChannelState
 from ._tasks import TaskOwner
@@ -70,7 +71,7 @@ _CLOSING: Final = ChannelState.CLOSING
 _CLOSED: Final = ChannelState.CLOSED
 
 
-class Channel(Declarations, Consuming, Transactions, AsyncClosing):
+class Channel(Declarations, Consuming, Getting, Transactions, AsyncClosing):
     """An AMQP channel. Open one with :meth:`Connection.channel`; close it with
     :meth:`close` or ``async with``.
 
@@ -538,50 +539,6 @@ class Channel(Declarations, Consuming, Transactions, AsyncClosing):
                 await self._call("basic.cancel", ("basic.cancel-ok",), consumer_tag=consumer_tag)
         finally:
             self._consumers.pop(consumer_tag, None)
-
-    async def get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
-        """Fetch one message with ``basic.get``; ``None`` if the queue is empty."""
-        if self._state is not _OPEN:
-            await self._ensure_open()
-        if self._get_waiter is not None:
-            raise ConfigurationError(f"channel {self.number} already has a basic.get in flight")
-        waiter: asyncio.Future[Delivery | None] = self._loop.create_future()
-        self._get_waiter = waiter
-        self._get_no_ack = no_ack
-        try:
-            reply = await self._call(
-                "basic.get", ("basic.get-ok", "basic.get-empty"), queue=queue, no_ack=no_ack
-            )
-            if reply.name == "basic.get-empty":
-                return None
-            return await waiter
-        finally:
-            self._get_waiter = None
-            if not waiter.done():
-                waiter.cancel()
-            elif not waiter.cancelled():
-                waiter.exception()  # failed with the channel; the caller got that error
-
-    def _on_get(self, ok: dict[str, Any], props: Properties, body: bytes) -> None:
-        """The message of a ``basic.get-ok`` (``ok`` holds its arguments)."""
-        no_ack = self._get_no_ack
-        tag = ok["delivery_tag"]
-        if not no_ack:
-            self._acks.unsettled.append(tag)
-        delivery = Delivery(
-            self._acks,
-            body,
-            props,
-            tag,
-            ok["exchange"],
-            ok["routing_key"],
-            ok["redelivered"],
-            None,
-            no_ack,
-            ok["message_count"],
-        )
-        if self._get_waiter is not None and not self._get_waiter.done():
-            self._get_waiter.set_result(delivery)
 
     # -- incoming methods (from ChannelFrames) ------------------------------------------
 
