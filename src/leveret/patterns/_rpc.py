@@ -22,7 +22,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from ..amqp import AsyncClosing, Delivery, ReturnedMessage
 from ..exceptions import (
@@ -45,6 +45,8 @@ from ._seam import PatternChannel, QueueType, is_quorum
 log = logging.getLogger("leveret.patterns")
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+#: What a call without a timeout waits under: nothing (cheaper than an unbounded timeout).
+_UNBOUNDED: Final = contextlib.nullcontext()
 #: The dead-letter exchange aio-pika gives callee queues: its callers get their
 #: expired calls back through it. Declared the same way here, so leveret and
 #: aio-pika callees can share a method's queue.
@@ -358,14 +360,9 @@ class RPC(Base, AsyncClosing):
         # No timeout context without a timeout: entering one costs a few µs per call.
         deadline = None if timeout is None else asyncio.timeout(timeout)
         try:
-            if deadline is None:
+            async with deadline or _UNBOUNDED:
                 await send
                 if len(self._pending) == 1:  # the only call in flight: no write to wait for
-                    self.channel.flush()
-                return await future
-            async with deadline:
-                await send
-                if len(self._pending) == 1:
                     self.channel.flush()
                 return await future
         except TimeoutError:
